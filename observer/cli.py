@@ -1,0 +1,102 @@
+"""The `observer` command: one entry point for both deployables and their tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import get_args
+
+import yaml
+
+from observer import __version__, config
+from observer.telemetry import configure_logging
+
+log = logging.getLogger("observer")
+
+EXIT_OK = 0
+EXIT_INVALID_CONFIG = 1
+EXIT_NOT_BUILT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="observer", description="Kubernetes observability pipeline: agent and collector."
+    )
+    parser.add_argument("--version", action="version", version=f"observer {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=get_args(config.LogLevel),
+        help="overrides telemetry.log_level from the configuration file",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = commands.add_parser("agent", help="run the per-node agent")
+    agent.add_argument("--config", type=Path, required=True, help="path to agent.yaml")
+    agent.add_argument(
+        "--once", action="store_true", help="read every existing file to its end, deliver, exit"
+    )
+
+    collector = commands.add_parser("collector", help="run the trace collector")
+    collector.add_argument("--config", type=Path, required=True, help="path to collector.yaml")
+
+    commands.add_parser("demo", help="run the agent and the collector on an embedded example")
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file and report every mistake"
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--deployable",
+        choices=get_args(config.Deployable),
+        help="which deployable the file is for (default: guessed from the file name)",
+    )
+    check.add_argument(
+        "--show", action="store_true", help="print the effective configuration, defaults included"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level or "info")
+    if args.command == "check-config":
+        return check_config(args.file, args.deployable, args.show)
+    return not_built(args.command)
+
+
+def check_config(path: Path, deployable: config.Deployable | None, show: bool) -> int:
+    deployable = deployable or _guess_deployable(path)
+    if deployable is None:
+        print(
+            f"{path}: cannot tell whether this is an agent or a collector configuration; "
+            "pass --deployable agent|collector",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_CONFIG
+    try:
+        loaded = config.load(deployable, path)
+    except config.ConfigError as error:
+        print(f"{error.source}: {len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    if show:
+        print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="")
+    print(f"{path}: valid {deployable} configuration", file=sys.stderr)
+    return EXIT_OK
+
+
+def _guess_deployable(path: Path) -> config.Deployable | None:
+    matches = [name for name in get_args(config.Deployable) if name in path.name]
+    return matches[0] if len(matches) == 1 else None
+
+
+def not_built(command: str) -> int:
+    """Say plainly that a part of observer does not exist yet, rather than pretend."""
+    log.error(
+        "This command is not built yet; see the project's open issues.",
+        extra={"command": command},
+    )
+    return EXIT_NOT_BUILT

@@ -1,0 +1,1 @@
+"""The trace collector: whole traces, the service graph, RED metrics, storage and queries."""

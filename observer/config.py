@@ -1,0 +1,363 @@
+"""Typed configuration for both deployables, and the one way it is loaded and validated.
+
+One YAML file per deployable (`agent.yaml`, `collector.yaml`). Every default lives in the
+models below; the shipped files under `agent/` and `collector/` only restate them for
+readers. Loading is strict: unknown keys are errors that list the allowed keys, and every
+error in a file is reported at once with its key path, e.g.
+``sinks.elasticsearch.hosts[0]: not a URL: 'localhost:92OO'``.
+
+String values may reference secrets and environment: ``${NAME}``, ``${NAME:-default}``
+and ``${file:/path/to/secret}`` (trailing newline stripped, as Kubernetes secret volumes
+and most editors leave one). ``$${`` is a literal ``${``. Interpolation happens after YAML
+parsing, so a secret can hold any character without breaking the YAML around it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; `problems` holds one line per mistake."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+# --- value types -------------------------------------------------------------------------
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise PydanticCustomError("url", "not a URL: {value}", {"value": repr(value)})
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise PydanticCustomError(
+            "listen", "not a listen address host:port: {value}", {"value": repr(value)}
+        )
+    return f"{host or '0.0.0.0'}:{port}"  # noqa: S104 - an empty host means every interface
+
+
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _seconds(value: object) -> object:
+    """Durations are written the way Kubernetes and Prometheus users write them: 500ms, 5s, 1m."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise PydanticCustomError(
+                "duration", "not a duration like 500ms, 5s, 2m: {value}", {"value": repr(value)}
+            )
+        return float(match[1]) * _DURATION_UNITS[match[2]]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "KiB": 2**10,
+    "MB": 10**6,
+    "MiB": 2**20,
+    "GB": 10**9,
+    "GiB": 2**30,
+}
+
+
+def _bytes(value: object) -> object:
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise PydanticCustomError(
+                "size", "not a size like 512KiB, 5MB: {value}", {"value": repr(value)}
+            )
+        return int(float(match[1]) * _SIZE_UNITS[match[2]])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Section(BaseModel):
+    """Every configuration section: unknown keys are errors, values are checked as assigned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sections shared by both deployables -------------------------------------------------
+
+
+class TelemetryConfig(Section):
+    """The deployable's own /metrics, /healthz and /readyz endpoint."""
+
+    listen: ListenAddress = "0.0.0.0:9464"
+    log_level: LogLevel = "info"
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise PydanticCustomError("tls_pair", "cert_file and key_file must be given together")
+        return self
+
+
+class ElasticsearchConfig(Section):
+    """Where documents go. Several hosts give failover; auth is basic, API key or a client cert."""
+
+    hosts: list[HttpUrl] = Field(
+        default_factory=lambda: ["http://elasticsearch:9200"], min_length=1
+    )
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = None
+    tls: TlsConfig = TlsConfig()
+    request_timeout: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> ElasticsearchConfig:
+        if (self.username is None) != (self.password is None):
+            raise PydanticCustomError("auth", "username and password must be given together")
+        if self.api_key is not None and self.username is not None:
+            raise PydanticCustomError("auth", "give either api_key or username/password, not both")
+        return self
+
+
+class KubernetesConfig(Section):
+    """How to reach the API server: a kubeconfig file, or the pod's service account when unset."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+
+# --- the deployables ---------------------------------------------------------------------
+
+
+class AgentSinks(Section):
+    elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
+
+
+class AgentConfig(Section):
+    """`agent.yaml`: one agent per node."""
+
+    node_name: str = Field(default="", description="this node's name; the chart sets NODE_NAME")
+    state_dir: Path = Path("/var/lib/observer")
+    telemetry: TelemetryConfig = TelemetryConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    sinks: AgentSinks = AgentSinks()
+
+
+class CollectorStorage(Section):
+    elasticsearch: ElasticsearchConfig | None = None
+
+
+class CollectorConfig(Section):
+    """`collector.yaml`: the horizontally scaled trace collector."""
+
+    telemetry: TelemetryConfig = TelemetryConfig()
+    storage: CollectorStorage = CollectorStorage()
+
+
+Deployable = Literal["agent", "collector"]
+MODELS: dict[Deployable, type[Section]] = {"agent": AgentConfig, "collector": CollectorConfig}
+
+# --- loading -----------------------------------------------------------------------------
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+Config = TypeVar("Config", bound=Section)
+
+
+def interpolate(
+    tree: Any, env: Mapping[str, str], read_file: Callable[[str], str], path: str = ""
+) -> tuple[Any, list[str]]:
+    """Resolve ``${...}`` references in every string of a parsed YAML tree.
+
+    Returns the new tree and the problems found, each prefixed with its key path.
+    """
+    problems: list[str] = []
+    if isinstance(tree, dict):
+        out_dict = {}
+        for key, value in tree.items():
+            out_dict[key], sub = interpolate(value, env, read_file, _join(path, str(key)))
+            problems += sub
+        return out_dict, problems
+    if isinstance(tree, list):
+        out_list = []
+        for index, value in enumerate(tree):
+            item, sub = interpolate(value, env, read_file, f"{path}[{index}]")
+            out_list.append(item)
+            problems += sub
+        return out_list, problems
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree, problems
+
+    def resolve(match: re.Match[str]) -> str:
+        if match[0] == "$${":
+            return "${"
+        reference = match[1]
+        if reference.startswith("file:"):
+            file_path = reference[len("file:") :]
+            try:
+                return read_file(file_path).removesuffix("\n")
+            except OSError as error:
+                problems.append(f"{path or '<root>'}: cannot read {file_path}: {error.strerror}")
+                return ""
+        name, has_default, default = reference.partition(":-")
+        if name in env and (env[name] or not has_default):
+            return env[name]
+        if has_default:
+            return default
+        problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+        return ""
+
+    return _REFERENCE.sub(resolve, tree), problems
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _format_location(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text = f"{text}[{part}]" if isinstance(part, int) else _join(text, part)
+    return text or "<root>"
+
+
+def _model_at(model: type[BaseModel], location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the key at `location`, to list the keys it allows."""
+    current: Any = model
+    for part in location:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _first_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _first_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_errors(model: type[BaseModel], error: ValidationError) -> list[str]:
+    """One line per problem: the key path, then what was expected, in words."""
+    lines = []
+    for item in error.errors(include_url=False):
+        location = tuple(item["loc"])
+        where = _format_location(location)
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(model, location[:-1])
+            allowed = ", ".join(sorted(owner.model_fields)) if owner else "none"
+            lines.append(f"{where}: unknown key; allowed here: {allowed}")
+        elif item["type"] in ("literal_error", "enum"):
+            lines.append(f"{where}: {item['msg'].lower()}, got {item['input']!r}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message}")
+    return lines
+
+
+def parse(
+    model: type[Config],
+    text: str,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    read_file: Callable[[str], str] = lambda path: Path(path).read_text(),
+) -> Config:
+    """Validate a YAML document against `model`, raising ConfigError with every problem."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            source, [f"<root>: expected a mapping of keys, got {type(tree).__name__}"]
+        )
+    tree, problems = interpolate(tree, os.environ if env is None else env, read_file)
+    try:
+        config = model.model_validate(tree)
+    except ValidationError as error:
+        problems += describe_errors(model, error)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load(deployable: Deployable, path: Path, env: Mapping[str, str] | None = None) -> Section:
+    """Read and validate the configuration file of one deployable."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    return parse(MODELS[deployable], text, str(path), env)
+
+
+def load_agent(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    config = load("agent", path, env)
+    assert isinstance(config, AgentConfig)
+    return config
+
+
+def load_collector(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
+    config = load("collector", path, env)
+    assert isinstance(config, CollectorConfig)
+    return config

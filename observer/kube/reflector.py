@@ -1,0 +1,125 @@
+"""A list+watch cache of one kind of object, in the manner of client-go's Reflector.
+
+It lists once, then watches from the list's resourceVersion with bookmarks, so that at
+steady state the API server sees one long-lived watch per resource and no lists. A watch
+that ends normally (the server's timeout) is resumed from the last resourceVersion seen;
+only `410 Gone` (the version was compacted out of etcd) forces a relist. Failures back off
+exponentially with jitter, capped, so that thousands of agents do not stampede a
+recovering API server. See the Kubernetes API concepts, "Efficient detection of changes".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx2 as httpx
+
+from observer.kube.client import ApiStatusError, JsonObject, KubeApi
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[str, JsonObject], None]
+"""Called with ADDED, MODIFIED or DELETED and the object, after the store is updated."""
+
+HTTP_GONE = 410
+
+
+class Reflector:
+    def __init__(
+        self,
+        api: KubeApi,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        on_event: EventHandler | None = None,
+        backoff_initial: float = 0.8,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.api = api
+        self.path = path
+        self.params = dict(params or {})
+        self.on_event = on_event
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.store: dict[str, JsonObject] = {}
+        """Objects by metadata.uid, as the server last described them."""
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+        self.relists = 0
+        self.watch_restarts = 0
+
+    async def run(self) -> None:
+        """List and watch until cancelled; never raises for API failures."""
+        failures = 0
+        while True:
+            try:
+                if not self.resource_version:
+                    await self._relist()
+                await self._watch()
+                failures = 0
+            except ApiStatusError as error:
+                if error.code == HTTP_GONE:
+                    log.info(
+                        "Watch resourceVersion expired; listing again.",
+                        extra={"path": self.path, "resource_version": self.resource_version},
+                    )
+                    self.resource_version = ""
+                    continue
+                failures += 1
+                await self._back_off(failures, error)
+            except (httpx.HTTPError, OSError, ValueError) as error:
+                failures += 1
+                await self._back_off(failures, error)
+
+    async def _relist(self) -> None:
+        listed = await self.api.list(self.path, {**self.params, "resourceVersion": "0"})
+        self.relists += 1
+        fresh = {item["metadata"]["uid"]: item for item in listed.get("items", [])}
+        gone = [uid for uid in self.store if uid not in fresh]
+        for uid in gone:
+            self._apply("DELETED", self.store[uid])
+        for item in fresh.values():
+            self._apply("MODIFIED" if item["metadata"]["uid"] in self.store else "ADDED", item)
+        self.resource_version = listed["metadata"]["resourceVersion"]
+        self.synced.set()
+        log.debug(
+            "Listed objects.",
+            extra={
+                "path": self.path,
+                "count": len(fresh),
+                "resource_version": self.resource_version,
+            },
+        )
+
+    async def _watch(self) -> None:
+        params = {
+            **self.params,
+            "resourceVersion": self.resource_version,
+            "allowWatchBookmarks": "true",
+        }
+        async for kind, item in self.api.watch(self.path, params):
+            if kind != "BOOKMARK":
+                self._apply(kind, item)
+            self.resource_version = item["metadata"]["resourceVersion"]
+        self.watch_restarts += 1
+
+    def _apply(self, kind: str, item: JsonObject) -> None:
+        uid = item["metadata"]["uid"]
+        if kind == "DELETED":
+            self.store.pop(uid, None)
+        else:
+            self.store[uid] = item
+        if self.on_event is not None:
+            self.on_event(kind, item)
+
+    async def _back_off(self, failures: int, error: Any) -> None:
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+        log.warning(
+            "Kubernetes list/watch failed; retrying.",
+            extra={"path": self.path, "error": str(error), "retry_in_seconds": round(delay, 2)},
+        )
+        await asyncio.sleep(delay)

