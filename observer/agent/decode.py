@@ -1,0 +1,275 @@
+"""Decoding container log files into Elasticsearch documents.
+
+The kubelet leaves one of two formats under /var/log/pods, detected per file:
+
+- CRI (containerd, CRI-O): ``<RFC3339Nano> <stdout|stderr> <P|F> <body>``. A runtime
+  splits lines longer than its buffer (16 KiB in containerd) into ``P`` parts ended by an
+  ``F`` part. See the CRI logging design, kubernetes/design-proposals
+  "kubelet-cri-logging.md", and containerd's ``pkg/cri/io/logger.go``.
+- docker json-file: ``{"log": "...\\n", "stream": "stdout", "time": "..."}``. A ``log``
+  without a trailing newline is a partial line (docker splits at 16 KiB too).
+
+Partials are merged per stream: stdout and stderr parts interleave in one file. A merged
+line longer than ``max_line_bytes`` is truncated and marked. Bytes that are not UTF-8 become
+U+FFFD. A line in neither format is kept with its raw text and an ``error.message``.
+
+Documents use the field names of Filebeat's Kubernetes integration (ECS), so existing
+Kibana content works: ``@timestamp`` (the source's string, nanoseconds kept), ``message``,
+``stream``, ``log.file.path``, ``log.offset``, ``kubernetes.*``, ``container.*``.
+Per-file metadata dicts are shared by every document of the file, never copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Document = dict[str, Any]
+
+TRUNCATED_MARK = "…[truncated]"
+"""Appended to a message cut at max_line_bytes, so a reader knows text is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a log file's path says: ``<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log``.
+
+    The layout is the kubelet's (pkg/kubelet/kuberuntime/helpers.go,
+    BuildContainerLogsDirectory). Namespaces and pod names cannot contain ``_``, so the
+    directory splits unambiguously.
+    """
+
+    path: str
+    namespace: str
+    pod: str
+    uid: str
+    container: str
+    restart_count: int
+
+    @classmethod
+    def from_path(cls, root: Path, path: Path) -> Origin | None:
+        try:
+            pod_directory, container, file_name = path.relative_to(root).parts
+        except ValueError:
+            return None
+        namespace, _, rest = pod_directory.partition("_")
+        pod, _, uid = rest.rpartition("_")
+        restart, dot, suffix = file_name.partition(".")
+        if not (namespace and pod and uid and dot) or not suffix.startswith("log"):
+            return None
+        if not restart.isdigit():
+            return None
+        return cls(str(path), namespace, pod, uid, container, int(restart))
+
+
+@dataclass(slots=True)
+class DecodeCounts:
+    """What decoding had to repair; the agent's metrics read these."""
+
+    lines: int = 0
+    malformed: int = 0
+    truncated: int = 0
+    invalid_utf8: int = 0
+
+
+@dataclass(slots=True)
+class _Partial:
+    offset: int
+    timestamp: str
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class Decoder:
+    """Decodes the complete lines of one file, in order, keeping partials between calls."""
+
+    def __init__(self, origin: Origin, max_line_bytes: int, counts: DecodeCounts | None = None):
+        self.origin = origin
+        self.max_line_bytes = max_line_bytes
+        self.counts = counts if counts is not None else DecodeCounts()
+        self.format: str | None = None
+        self._pending: dict[str, _Partial] = {}
+        self._file = {"path": origin.path}
+        self._kubernetes = {
+            "namespace": origin.namespace,
+            "pod": {"name": origin.pod, "uid": origin.uid},
+            "container": {"name": origin.container},
+        }
+        self._container = {"restart_count": origin.restart_count}
+
+    def resume_offset(self, end: int) -> int:
+        """Where reading must restart to lose nothing: the oldest pending partial, else `end`."""
+        return min((partial.offset for partial in self._pending.values()), default=end)
+
+    def decode(self, data: bytes, offset: int) -> list[Document]:
+        """Decode `data` (whole lines, each ending in a newline) that starts at byte `offset`."""
+        documents: list[Document] = []
+        position = offset
+        for line in data.split(b"\n")[:-1]:
+            line_offset = position
+            position += len(line) + 1
+            if not line:
+                continue
+            if self.format is None:
+                self.format = "docker" if line.startswith(b"{") else "cri"
+            if self.format == "cri":
+                self._cri_line(line, line_offset, documents)
+            else:
+                self._docker_line(line, line_offset, documents)
+        return documents
+
+    def _cri_line(self, line: bytes, offset: int, out: list[Document]) -> None:
+        fields = line.split(b" ", 3)
+        if (
+            len(fields) < 3
+            or fields[2] not in (b"F", b"P")
+            or fields[1] not in (b"stdout", b"stderr")
+        ):
+            self._malformed(line, offset, "not a CRI log line", out)
+            return
+        body = fields[3] if len(fields) == 4 else b""
+        self._part(
+            fields[0].decode("ascii", "replace"),
+            fields[1].decode(),
+            body,
+            fields[2] == b"P",
+            offset,
+            out,
+        )
+
+    def _docker_line(self, line: bytes, offset: int, out: list[Document]) -> None:
+        try:
+            entry = orjson.loads(line)
+            text: str = entry["log"]
+            stream: str = entry.get("stream", "stdout")
+            timestamp: str = entry["time"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._malformed(line, offset, "not a docker json-file log line", out)
+            return
+        partial = not text.endswith("\n")
+        body = text.encode() if partial else text[:-1].encode()
+        self._part(timestamp, stream, body, partial, offset, out)
+
+    def _part(
+        self,
+        timestamp: str,
+        stream: str,
+        body: bytes,
+        partial: bool,
+        offset: int,
+        out: list[Document],
+    ) -> None:
+        pending = self._pending.get(stream)
+        if pending is None and not partial:
+            out.append(self._document(timestamp, stream, body, offset))
+            return
+        if pending is None:
+            pending = self._pending[stream] = _Partial(offset, timestamp)
+        # Past the limit, parts are no longer kept: memory stays bounded whatever the input.
+        if pending.size <= self.max_line_bytes:
+            pending.parts.append(body)
+        pending.size += len(body)
+        if not partial:
+            del self._pending[stream]
+            out.append(
+                self._document(pending.timestamp, stream, b"".join(pending.parts), pending.offset)
+            )
+
+    def _document(self, timestamp: str, stream: str, body: bytes, offset: int) -> Document:
+        self.counts.lines += 1
+        truncated = len(body) > self.max_line_bytes
+        if truncated:
+            body = body[: self.max_line_bytes]
+            self.counts.truncated += 1
+        try:
+            message = body.decode()
+        except UnicodeDecodeError:
+            # A cut at the limit may split a character; only a real encoding error counts.
+            message = body.decode(errors="replace")
+            if not truncated or "\ufffd" in message[:-1]:
+                self.counts.invalid_utf8 += 1
+        document: Document = {
+            "@timestamp": timestamp,
+            "message": message,
+            "stream": stream,
+            "log": {"file": self._file, "offset": offset},
+            "kubernetes": self._kubernetes,
+            "container": self._container,
+        }
+        if truncated:
+            document["message"] = message + TRUNCATED_MARK
+            document["log"]["flags"] = ["truncated"]
+        elif message.startswith("{") and message.endswith("}"):
+            parse_json_body(document, message)
+        return document
+
+    def _malformed(self, line: bytes, offset: int, why: str, out: list[Document]) -> None:
+        self.counts.malformed += 1
+        self.counts.lines += 1
+        out.append(
+            {
+                "message": line[: self.max_line_bytes].decode(errors="replace"),
+                "log": {"file": self._file, "offset": offset},
+                "kubernetes": self._kubernetes,
+                "container": self._container,
+                "error": {"message": why},
+            }
+        )
+
+
+_MESSAGE_KEYS = ("msg", "message", "log")
+_LEVEL_KEYS = ("level", "severity", "lvl")
+_TRACE_KEYS = ("trace_id", "traceId", "traceid")
+_SPAN_KEYS = ("span_id", "spanId", "spanid")
+
+
+def parse_json_body(document: Document, body: str) -> None:
+    """Lift the fields of a structured (JSON object) log line into ECS fields.
+
+    The message, level, trace and span ids move to ``message``, ``log.level``,
+    ``trace.id`` and ``span.id``; every other key stays under ``json`` so that no
+    application key can collide with an ECS field.
+    """
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(fields, dict):
+        return
+    for key in _MESSAGE_KEYS:
+        if isinstance(fields.get(key), str):
+            document["message"] = fields.pop(key)
+            break
+    for key in _LEVEL_KEYS:
+        if isinstance(fields.get(key), str):
+            document["log"]["level"] = fields.pop(key).lower()
+            break
+    trace_id = _pop_hex_id(fields, _TRACE_KEYS, 32)
+    if trace_id:
+        document["trace"] = {"id": trace_id}
+    span_id = _pop_hex_id(fields, _SPAN_KEYS, 16)
+    if span_id:
+        document["span"] = {"id": span_id}
+    if fields:
+        document["json"] = fields
+
+
+def _pop_hex_id(fields: dict[str, Any], keys: tuple[str, ...], width: int) -> str | None:
+    """A trace or span id in the lowercase hex form OpenTelemetry uses.
+
+    64-bit B3 trace ids are left-padded to 128 bits, as the OpenTelemetry Zipkin receiver
+    does, so that logs and traces join on the same string.
+    """
+    for key in keys:
+        value = fields.get(key)
+        if isinstance(value, str) and 0 < len(value) <= width:
+            try:
+                int(value, 16)
+            except ValueError:
+                return None
+            del fields[key]
+            return value.lower().rjust(width, "0")
+    return None
