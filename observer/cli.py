@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -63,7 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level or "info")
     if args.command == "check-config":
         return check_config(args.file, args.deployable, args.show)
+    if args.command == "agent":
+        return run_agent(args.config, args.once, args.log_level)
     return not_built(args.command)
+
+
+def run_agent(path: Path, once: bool, log_level: str | None) -> int:
+    from observer.agent import app
+
+    try:
+        loaded = config.load_agent(path)
+    except config.ConfigError as error:
+        for problem in error.problems:
+            log.error("Invalid configuration.", extra={"file": error.source, "problem": problem})
+        return EXIT_INVALID_CONFIG
+    configure_logging(log_level or loaded.telemetry.log_level)
+    try:
+        asyncio.run(app.run(loaded, once))
+    except app.NotBuiltError as error:
+        log.error("This part of the agent is not built yet.", extra={"detail": str(error)})
+        return EXIT_NOT_BUILT
+    return EXIT_OK
 
 
 def check_config(path: Path, deployable: config.Deployable | None, show: bool) -> int:

@@ -178,8 +178,49 @@ class KubernetesConfig(Section):
 # --- the deployables ---------------------------------------------------------------------
 
 
+class FileSinkConfig(Section):
+    """One JSON document per line: exactly what would be indexed in Elasticsearch."""
+
+    path: Path
+
+
 class AgentSinks(Section):
-    elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
+    elasticsearch: ElasticsearchConfig | None = ElasticsearchConfig()
+    file: FileSinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> AgentSinks:
+        if self.elasticsearch is None and self.file is None:
+            raise PydanticCustomError("no_sink", "configure at least one sink")
+        return self
+
+
+class PodLogFilter(Section):
+    """Glob patterns (fnmatch); a file matches when every non-empty list has a match."""
+
+    namespaces: list[str] = []
+    pods: list[str] = []
+    containers: list[str] = []
+
+
+class PodLogsConfig(Section):
+    """The kubelet's container log files on this node."""
+
+    root: Path = Path("/var/log/pods")
+    include: PodLogFilter = PodLogFilter()
+    """Empty: every file. Otherwise only files that match."""
+    exclude: PodLogFilter = PodLogFilter()
+    max_line_bytes: ByteSize = Field(default=1 << 20, ge=1024)
+    """A longer line, after merging partials, is truncated with a mark and counted."""
+    read_bytes: ByteSize = Field(default=256 << 10, ge=4096)
+    poll_interval: Seconds = 0.25
+    rescan_interval: Seconds = 10.0
+    queue_batches: int = Field(default=16, ge=1)
+    """Batches read but not yet delivered; when full, reading waits (backpressure)."""
+
+
+class AgentSources(Section):
+    pod_logs: PodLogsConfig = PodLogsConfig()
 
 
 class AgentConfig(Section):
@@ -189,6 +230,7 @@ class AgentConfig(Section):
     state_dir: Path = Path("/var/lib/observer")
     telemetry: TelemetryConfig = TelemetryConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    sources: AgentSources = AgentSources()
     sinks: AgentSinks = AgentSinks()
 
 

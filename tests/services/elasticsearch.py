@@ -1,4 +1,11 @@
-"""A real Elasticsearch 8 node in its own JVM, built by tools/elasticsearch/build.sh."""
+"""A real Elasticsearch 8 node in its own JVM, built by tools/elasticsearch/build.sh.
+
+The node is the Elasticsearch server with its netty4 transport and x-pack-core, the parts
+published on Maven Central. Modules that are not published there are missing: ILM,
+ingest pipelines, Painless, and the mapper-extras field types (scaled_float,
+match_only_text, wildcard, constant_keyword). The GET / and _data_stream REST endpoints
+are stood in for by tools/elasticsearch's RestCompatPlugin.
+"""
 
 from __future__ import annotations
 
@@ -52,8 +59,9 @@ def start(workdir: Path, heap: str = "512m") -> Node:
         "Elasticsearch",
         [
             str(java),
-            f"-Xms{heap}",
+            "-Xms256m",
             f"-Xmx{heap}",
+            "-XX:+UseSerialGC",  # two cores: no parallel collector threads to feed
             "-cp",
             f"{ELASTICSEARCH_HOME}/jars/*:{ELASTICSEARCH_HOME}/classes",
             "observer.tools.EsNode",

@@ -9,6 +9,7 @@ import org.elasticsearch.node.Node;
 import org.elasticsearch.transport.netty4.Netty4Plugin;
 import org.elasticsearch.xpack.core.XPackPlugin;
 
+import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
@@ -24,6 +25,13 @@ import java.util.concurrent.TimeUnit;
  */
 public class EsNode {
     public static void main(String[] args) throws Exception {
+        // JVM options the real distribution passes (config/jvm.options); must be set before log4j/netty load.
+        // Without the first one log4j's own shutdown hook races ours and the node's shutdown goes unlogged.
+        for (String kv : List.of("log4j.shutdownHookEnabled=false", "log4j2.disable.jmx=true", "log4j2.formatMsgNoLookups=true",
+                "io.netty.noUnsafe=true", "io.netty.noKeySetOptimization=true", "io.netty.recycler.maxCapacityPerThread=0")) {
+            String[] p = kv.split("=", 2);
+            if (System.getProperty(p[0]) == null) System.setProperty(p[0], p[1]);
+        }
         int port = Integer.getInteger("es.port", 9200);
         String homeArg = System.getProperty("es.home");
         Settings.Builder extra = Settings.builder();
@@ -49,7 +57,7 @@ public class EsNode {
                 "appender.console.name = console",
                 "appender.console.target = SYSTEM_ERR",
                 "appender.console.layout.type = PatternLayout",
-                "appender.console.layout.pattern = [%d{ISO8601}][%-5p][%-25c{1.}] %marker%m%n",
+                "appender.console.layout.pattern = [%d{ISO8601}][%-5p][%-25c{1.}] [%node_name] %m%n",
                 "rootLogger.level = info",
                 "rootLogger.appenderRef.console.ref = console", ""));
         }
@@ -74,7 +82,9 @@ public class EsNode {
 
         // The real launcher also runs bootstrap checks, native init (which refuses root) and the security manager /
         // entitlements; none of them is needed for a loopback-only test node, so they are skipped here.
+        PrintStream stdout = System.out; // LogConfigurator.configure redirects System.out into the log
         LogConfigurator.configureESLogging();
+        LogConfigurator.setNodeName("node-1");
         Environment env = InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), config, () -> "node-1");
         LogConfigurator.configure(env, true);
         // Plugins that are normally loaded from modules/ bundles, here from the classpath.
@@ -83,16 +93,19 @@ public class EsNode {
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             try {
+                node.prepareForClose();
                 node.close();
                 node.awaitClose(10, TimeUnit.SECONDS);
             } catch (Exception e) {
                 e.printStackTrace();
             }
+            stdout.println("STOPPED");
+            stdout.flush();
             stopped.countDown();
         }, "es-shutdown"));
         node.start();
-        System.out.println("READY http://127.0.0.1:" + port);
-        System.out.flush();
+        stdout.println("READY http://127.0.0.1:" + port);
+        stdout.flush();
         stopped.await(); // all Elasticsearch threads are daemons: keep the JVM alive until a signal
     }
 }

@@ -105,13 +105,23 @@ public class RestCompatPlugin extends Plugin implements ActionPlugin {
         }
     }
 
-    /** Names matching a comma-separated list of names/wildcards; a missing concrete name is a 404 like the real API. */
-    static Set<String> resolve(Metadata md, String expr) {
+    /**
+     * Names matching a comma-separated list of names/wildcards; a missing concrete name is a 404 like the real API.
+     * Wildcards match hidden data streams only with expand_wildcards=hidden|all. Also consumes the other
+     * parameters the real handlers accept, which BaseRestHandler would otherwise reject.
+     */
+    static Set<String> resolve(Metadata md, RestRequest request) {
+        String expr = request.param("name");
+        String expand = request.param("expand_wildcards", "open");
+        boolean hidden = expand.contains("all") || expand.contains("hidden");
+        for (String ignored : List.of("master_timeout", "timeout", "include_defaults", "verbose")) request.param(ignored);
         Set<String> out = new TreeSet<>();
         for (String p : Strings.splitStringByCommaToArray(expr == null || expr.isEmpty() ? "*" : expr)) {
             if (p.equals("_all")) p = "*";
             if (Regex.isSimpleMatchPattern(p)) {
-                for (String n : md.dataStreams().keySet()) if (Regex.simpleMatch(p, n)) out.add(n);
+                for (DataStream ds : md.dataStreams().values()) {
+                    if (Regex.simpleMatch(p, ds.getName()) && (hidden || ds.isHidden() == false)) out.add(ds.getName());
+                }
             } else if (md.dataStreams().containsKey(p)) {
                 out.add(p);
             } else {
@@ -126,16 +136,14 @@ public class RestCompatPlugin extends Plugin implements ActionPlugin {
         public List<Route> routes() { return List.of(new Route(GET, "/_data_stream"), new Route(GET, "/_data_stream/{name}")); }
 
         protected RestChannelConsumer prepareRequest(RestRequest request, NodeClient client) {
-            String expr = request.param("name");
+            ClusterState state = clusterService.get().state();
+            Set<String> names;
+            try {
+                names = resolve(state.metadata(), request);
+            } catch (IndexNotFoundException e) {
+                return channel -> channel.sendResponse(new RestResponse(channel, e));
+            }
             return channel -> {
-                ClusterState state = clusterService.get().state();
-                Set<String> names;
-                try {
-                    names = resolve(state.metadata(), expr);
-                } catch (IndexNotFoundException e) {
-                    channel.sendResponse(new RestResponse(channel, e));
-                    return;
-                }
                 XContentBuilder b = channel.newBuilder();
                 b.startObject().startArray("data_streams");
                 for (String n : names) {
@@ -175,12 +183,12 @@ public class RestCompatPlugin extends Plugin implements ActionPlugin {
         public List<Route> routes() { return List.of(new Route(DELETE, "/_data_stream/{name}")); }
 
         protected RestChannelConsumer prepareRequest(RestRequest request, NodeClient client) {
-            String expr = request.param("name");
-            return channel -> clusterService.get().submitUnbatchedStateUpdateTask("delete-data-stream [" + expr + "]",
+            resolve(clusterService.get().state().metadata(), request); // consume parameters, 404 early
+            return channel -> clusterService.get().submitUnbatchedStateUpdateTask("delete-data-stream [" + request.param("name") + "]",
                 new ClusterStateUpdateTask(Priority.HIGH, TimeValue.timeValueSeconds(30)) {
                     @Override
                     public ClusterState execute(ClusterState current) {
-                        Set<String> names = resolve(current.metadata(), expr);
+                        Set<String> names = resolve(current.metadata(), request);
                         if (names.isEmpty()) return current;
                         Set<Index> indices = new HashSet<>();
                         Metadata.Builder md = Metadata.builder(current.metadata());

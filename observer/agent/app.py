@@ -1,0 +1,135 @@
+"""The agent, wired: pod log files → tail and decode → sinks → checkpoints.
+
+Ownership: the tailer builds each Batch and gives it to the queue; the delivery task owns
+it from `get` on, hands the same document list to every sink in turn, and settles the
+batch's checkpoint handover only when all of them have returned.
+
+Shutdown order (SIGTERM, or the end of `--once`): stop reading, deliver what was read,
+close the sinks, save the checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, Protocol
+
+from observer.agent.checkpoint import CheckpointStore
+from observer.agent.tail import Batch, Tailer
+from observer.config import AgentConfig
+from observer.sinks.file import FileSink
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_INTERVAL = 1.0
+
+
+class Sink(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def write(self, documents: list[dict[str, Any]]) -> None:
+        """Return once the documents are settled (stored, or dead-lettered with a reason)."""
+
+    async def stop(self) -> None: ...
+
+
+class NotBuiltError(Exception):
+    """A configured part of the agent does not exist yet."""
+
+
+def build_sinks(config: AgentConfig) -> list[Sink]:
+    sinks: list[Sink] = []
+    if config.sinks.elasticsearch is not None:
+        raise NotBuiltError(
+            "the elasticsearch sink is not built yet; set sinks.elasticsearch to null and "
+            "configure sinks.file"
+        )
+    if config.sinks.file is not None:
+        sinks.append(FileSink(config.sinks.file))
+    return sinks
+
+
+async def run(config: AgentConfig, once: bool) -> None:
+    sinks = build_sinks(config)
+    checkpoints = CheckpointStore(config.state_dir)
+    checkpoints.load()
+    settings = config.sources.pod_logs
+    queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=settings.queue_batches)
+    tailer = Tailer(settings, checkpoints, queue)
+    for sink in sinks:
+        await sink.start()
+
+    async def deliver() -> None:
+        while True:
+            batch = await queue.get()
+            for sink in sinks:
+                await sink.write(batch.documents)
+            checkpoints.settle(batch.handover)
+            queue.task_done()
+
+    async def save_checkpoints() -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            for key in tailer.stale_checkpoints():
+                checkpoints.forget(key)
+            checkpoints.save()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    watcher = _watch_for_changes(settings.root, tailer, loop) if not once else None
+
+    delivery = asyncio.create_task(deliver(), name="deliver")
+    saver = asyncio.create_task(save_checkpoints(), name="checkpoints")
+    reading = asyncio.create_task(tailer.run(once=once), name="tail")
+    stopping = asyncio.create_task(stop.wait())
+    log.info("The agent is running.", extra={"root": str(settings.root), "once": once})
+    try:
+        await asyncio.wait({reading, stopping, delivery}, return_when=asyncio.FIRST_COMPLETED)
+        if delivery.done():
+            delivery.result()  # a sink failed: raise it
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await queue.join()
+    finally:
+        for task in (delivery, saver, stopping, reading):
+            task.cancel()
+        if watcher is not None:
+            watcher.stop()
+        for sink in sinks:
+            await sink.stop()
+        for key in tailer.stale_checkpoints():
+            checkpoints.forget(key)
+        checkpoints.save()
+    log.info(
+        "The agent stopped.",
+        extra={
+            "lines": tailer.counts.decode.lines,
+            "bytes_read": tailer.counts.bytes_read,
+            "malformed": tailer.counts.decode.malformed,
+            "truncated": tailer.counts.decode.truncated,
+            "invalid_utf8": tailer.counts.decode.invalid_utf8,
+        },
+    )
+
+
+def _watch_for_changes(root: Any, tailer: Tailer, loop: asyncio.AbstractEventLoop) -> Any:
+    """inotify (through watchdog) wakes the tailer; the periodic rescan covers missed events."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Wake(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            loop.call_soon_threadsafe(tailer.wake)
+
+    observer = Observer()
+    root.mkdir(parents=True, exist_ok=True)
+    observer.schedule(Wake(), str(root), recursive=True)
+    observer.start()
+    return observer

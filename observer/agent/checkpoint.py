@@ -1,0 +1,147 @@
+"""Checkpoints: how far each log file has been delivered, kept across restarts.
+
+A file's checkpoint is the byte offset up to which every sink has acknowledged every line
+(principle "acknowledge end to end"): the source file is the buffer, and a crash replays
+from the checkpoint. Batches of one file can be acknowledged out of order (several bulk
+requests in flight), so the checkpoint advances only over a prefix of settled batches.
+
+The state file is JSON, written atomically (write, fsync, rename, fsync the directory). A
+corrupt file is moved aside and reported, and the agent starts from the files' beginnings
+rather than crash-looping: replaying is safe because delivery is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "checkpoints.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    path: str
+    offset: int
+    updated: float
+
+
+@dataclass(slots=True)
+class Handover:
+    """A batch of one file given to the sinks, ending at byte `end`."""
+
+    key: str
+    end: int
+    settled: bool = False
+
+
+class CheckpointStore:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = state_dir / STATE_FILE
+        self.clock = clock
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self._pending: dict[str, deque[Handover]] = {}
+        """Per file, the handovers not yet settled, oldest first."""
+        self._dirty = False
+        self.corrupt_files = 0
+
+    def load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            state = orjson.loads(raw)
+            if state.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {state.get('version')!r}")
+            self.checkpoints = {
+                key: Checkpoint(entry["path"], int(entry["offset"]), float(entry["updated"]))
+                for key, entry in state["files"].items()
+            }
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            self.corrupt_files += 1
+            aside = self.path.with_suffix(f".corrupt-{int(self.clock())}")
+            self.path.rename(aside)
+            log.error(
+                "The checkpoint file is corrupt; moved it aside and reading files from their "
+                "start. Delivery is idempotent, so replayed lines are not duplicated.",
+                extra={"path": str(self.path), "moved_to": str(aside), "error": str(error)},
+            )
+            self.checkpoints = {}
+
+    def offset(self, key: str) -> int | None:
+        checkpoint = self.checkpoints.get(key)
+        return checkpoint.offset if checkpoint else None
+
+    def track(self, key: str, path: str, offset: int) -> None:
+        """Start tracking a file whose delivery begins (or resumes) at `offset`."""
+        self._pending.setdefault(key, deque())
+        if key not in self.checkpoints:
+            self.checkpoints[key] = Checkpoint(path, offset, self.clock())
+            self._dirty = True
+        else:
+            self.checkpoints[key].path = path
+
+    def hand_over(self, key: str, end: int) -> Handover:
+        """Record a batch ending at `end` given to the sinks; `settle` it once all acknowledged."""
+        handover = Handover(key, end)
+        self._pending[key].append(handover)
+        return handover
+
+    def settle(self, handover: Handover) -> None:
+        """Every sink acknowledged the batch: advance over the settled prefix."""
+        handover.settled = True
+        pending = self._pending.get(handover.key)
+        advanced = None
+        while pending and pending[0].settled:
+            advanced = pending.popleft().end
+        if advanced is not None:
+            checkpoint = self.checkpoints[handover.key]
+            checkpoint.offset = advanced
+            checkpoint.updated = self.clock()
+            self._dirty = True
+
+    def has_pending(self, key: str) -> bool:
+        return bool(self._pending.get(key))
+
+    def unsettled(self) -> int:
+        return sum(len(pending) for pending in self._pending.values())
+
+    def forget(self, key: str) -> None:
+        """A file fully delivered and gone from disk needs no checkpoint any more."""
+        self._pending.pop(key, None)
+        if self.checkpoints.pop(key, None) is not None:
+            self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        state = {
+            "version": FORMAT_VERSION,
+            "files": {
+                key: {"path": c.path, "offset": c.offset, "updated": c.updated}
+                for key, c in self.checkpoints.items()
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("wb") as out:
+            out.write(orjson.dumps(state))
+            out.flush()
+            os.fsync(out.fileno())
+        temporary.replace(self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._dirty = False

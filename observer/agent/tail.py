@@ -1,0 +1,322 @@
+"""Tailing the container log files of one node: discover, read, follow rotations.
+
+Files live at ``<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log``. The kubelet
+rotates by renaming ``0.log`` to ``0.log.<timestamp>``, telling the runtime to reopen, and
+later gzipping the older rotated files; a restarted container writes ``1.log`` beside
+``0.log``. Some setups use copytruncate instead.
+
+How nothing is lost:
+
+- A file is identified by a fingerprint of device, inode and its first line, so a reused
+  inode is a new file and a renamed file is the same file.
+- An open descriptor keeps reading a renamed or deleted file to its end before it is
+  closed (the runtime may still append briefly after a rename), so rotation never cuts a
+  file short, and a deleted file's disk space is freed once it is drained.
+- After a restart, a rotated file is read again only if its checkpoint says it was not
+  finished; a file with no checkpoint under a rotated name was never ours to read.
+- Reading stops when the queue to the sinks is full: the files are the buffer.
+
+Discovery is a scan of the tree (symlinks are never followed), woken by inotify through
+watchdog and repeated on a timer in case an event was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import stat
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from observer.agent.checkpoint import CheckpointStore, Handover
+from observer.agent.decode import DecodeCounts, Decoder, Document, Origin
+from observer.config import PodLogFilter, PodLogsConfig
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_BYTES = 1024
+"""The first line, up to this many bytes, identifies a file together with device and inode."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Documents read from one file; once every sink has them, `handover` is settled."""
+
+    documents: list[Document]
+    handover: Handover
+
+
+@dataclass(slots=True)
+class TailCounts:
+    files_opened: int = 0
+    files_closed: int = 0
+    truncations: int = 0
+    bytes_read: int = 0
+    decode: DecodeCounts = field(default_factory=DecodeCounts)
+
+
+@dataclass(eq=False, slots=True)
+class TailedFile:
+    key: str
+    path: Path
+    origin: Origin
+    handle: int
+    device_inode: tuple[int, int]
+    offset: int
+    """The next byte to read; lines before it are decoded or in the decoder's partials."""
+    decoder: Decoder
+    idle_polls: int = 0
+
+    @property
+    def container_directory(self) -> Path:
+        return self.path.parent
+
+
+def fingerprint(handle: int, device_inode: tuple[int, int]) -> str | None:
+    """Device, inode and a checksum of the first line; None until a first line exists."""
+    head = os.pread(handle, FINGERPRINT_BYTES, 0)
+    newline = head.find(b"\n")
+    if newline < 0 and len(head) < FINGERPRINT_BYTES:
+        return None
+    first = head if newline < 0 else head[:newline]
+    return f"{device_inode[0]}:{device_inode[1]}:{zlib.crc32(first):08x}"
+
+
+def selected(origin: Origin, include: PodLogFilter, exclude: PodLogFilter) -> bool:
+    def matches(rule: PodLogFilter, everything_when_empty: bool) -> bool:
+        checks = (
+            (rule.namespaces, origin.namespace),
+            (rule.pods, origin.pod),
+            (rule.containers, origin.container),
+        )
+        relevant = [(patterns, value) for patterns, value in checks if patterns]
+        if not relevant:
+            return everything_when_empty
+        return all(any(fnmatch.fnmatchcase(value, p) for p in patterns) for patterns, value in relevant)
+
+    return matches(include, True) and not matches(exclude, False)
+
+
+class Tailer:
+    """Reads every selected file of the tree into batches on `queue`, in order per file."""
+
+    def __init__(
+        self,
+        settings: PodLogsConfig,
+        checkpoints: CheckpointStore,
+        queue: asyncio.Queue[Batch],
+    ) -> None:
+        self.settings = settings
+        self.root = settings.root
+        self.checkpoints = checkpoints
+        self.queue = queue
+        self.counts = TailCounts()
+        self.files: dict[tuple[int, int], TailedFile] = {}
+        self._ignored: set[tuple[int, int, int]] = set()
+        """(device, inode, size) of rotated files already judged not ours to read."""
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something changed on disk (an inotify event): scan and read now."""
+        self._wake.set()
+
+    async def run(self, once: bool = False) -> None:
+        """Follow the tree until cancelled; with `once`, return when every file is at its end."""
+        loop = asyncio.get_running_loop()
+        next_scan = 0.0
+        try:
+            while True:
+                if loop.time() >= next_scan or self._wake.is_set():
+                    self._wake.clear()
+                    self.scan()
+                    next_scan = loop.time() + self.settings.rescan_interval
+                progressed = await self.read_all()
+                self.close_finished(once)
+                if once and not progressed:
+                    return
+                if not progressed:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                    except TimeoutError:
+                        pass
+        finally:
+            for tailed in list(self.files.values()):
+                self._close(tailed)
+
+    # --- discovery -----------------------------------------------------------------------
+
+    def _candidates(self) -> Iterator[tuple[Path, os.stat_result]]:
+        """Regular files three levels down, never through a symlink."""
+        for pod in _scandir(self.root):
+            if not pod.is_dir(follow_symlinks=False):
+                continue
+            for container in _scandir(Path(pod.path)):
+                if not container.is_dir(follow_symlinks=False):
+                    continue
+                for entry in _scandir(Path(container.path)):
+                    name = entry.name
+                    if ".log" not in name or name.endswith((".gz", ".tmp")):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        yield Path(entry.path), info
+
+    def scan(self) -> None:
+        for path, info in self._candidates():
+            device_inode = (info.st_dev, info.st_ino)
+            tailed = self.files.get(device_inode)
+            if tailed is not None:
+                tailed.path = path  # renamed by rotation: same file, new name
+                continue
+            if (info.st_dev, info.st_ino, info.st_size) in self._ignored:
+                continue
+            origin = Origin.from_path(self.root, path)
+            if origin is None or not selected(origin, self.settings.include, self.settings.exclude):
+                continue
+            self._open(path, info, origin)
+
+    def _open(self, path: Path, info: os.stat_result, origin: Origin) -> None:
+        device_inode = (info.st_dev, info.st_ino)
+        try:
+            handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return  # gone between the scan and the open; a later scan will see the truth
+        key = fingerprint(handle, device_inode)
+        if key is None:
+            os.close(handle)  # no complete first line yet; the next scan tries again
+            return
+        offset = self.checkpoints.offset(key)
+        if offset is None and not path.name.endswith(".log"):
+            # A rotated file we have no record of was finished before, or predates us.
+            os.close(handle)
+            self._ignored.add((info.st_dev, info.st_ino, info.st_size))
+            return
+        offset = offset or 0
+        if offset > info.st_size:
+            offset = 0  # truncated while we were away (copytruncate): all of it is new
+        self.checkpoints.track(key, str(path), offset)
+        decoder = Decoder(origin, self.settings.max_line_bytes, self.counts.decode)
+        self.files[device_inode] = TailedFile(key, path, origin, handle, device_inode, offset, decoder)
+        self.counts.files_opened += 1
+        log.debug("Tailing a log file.", extra={"path": str(path), "offset": offset})
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def read_all(self) -> bool:
+        """One pass over every file, oldest first per container; True if anything was read."""
+        progressed = False
+        draining: set[Path] = set()
+        for tailed in sorted(self.files.values(), key=_reading_order):
+            # A container's rotated file is read to its end before its current file.
+            if tailed.container_directory in draining:
+                continue
+            read = await self._read(tailed)
+            progressed |= read
+            if read and not tailed.path.name.endswith(".log"):
+                draining.add(tailed.container_directory)
+        return progressed
+
+    async def _read(self, tailed: TailedFile) -> bool:
+        data, advance = self._whole_lines(tailed)
+        if not advance:
+            tailed.idle_polls += 1
+            return False
+        tailed.idle_polls = 0
+        start = tailed.offset
+        documents = tailed.decoder.decode(data, start)
+        tailed.offset = start + advance
+        self.counts.bytes_read += advance
+        handover = self.checkpoints.hand_over(tailed.key, tailed.decoder.resume_offset(tailed.offset))
+        await self.queue.put(Batch(documents, handover))
+        return True
+
+    def _whole_lines(self, tailed: TailedFile) -> tuple[bytes, int]:
+        """The complete lines after the offset, and how many bytes of the file they span.
+
+        A line still being written waits for its newline. A line with no newline within
+        max_line_bytes (plus room for the runtime's prefix) is cut there and handed on as
+        a line of its own, so that one endless line cannot hold memory or stop the file.
+        """
+        size = self.settings.read_bytes
+        limit = self.settings.max_line_bytes + 65536
+        while True:
+            data = os.pread(tailed.handle, size, tailed.offset)
+            end = data.rfind(b"\n") + 1
+            if end:
+                return data[:end], end
+            if len(data) < size:
+                return b"", 0
+            if size >= limit:
+                return data + b"\n", len(data)
+            size = min(size * 2, limit)
+
+    # --- closing -------------------------------------------------------------------------
+
+    def close_finished(self, once: bool) -> None:
+        """Close files that are drained and will not grow: deleted, or rotated away."""
+        for tailed in list(self.files.values()):
+            if tailed.idle_polls == 0:
+                continue
+            info = os.fstat(tailed.handle)
+            if info.st_size < tailed.offset:
+                self._truncated(tailed, info)
+                continue
+            if info.st_nlink == 0 or self._rotated_away(tailed):
+                # The runtime may append to a renamed file until it reopens; wait a poll.
+                if once or tailed.idle_polls > 1:
+                    self._close(tailed)
+
+    def _rotated_away(self, tailed: TailedFile) -> bool:
+        if not tailed.path.name.endswith(".log"):
+            return True
+        try:
+            info = os.lstat(tailed.path)
+        except FileNotFoundError:
+            return True
+        return (info.st_dev, info.st_ino) != tailed.device_inode
+
+    def _truncated(self, tailed: TailedFile, info: os.stat_result) -> None:
+        """copytruncate: the file restarted at zero; it is a new file in the same inode."""
+        self.counts.truncations += 1
+        log.info(
+            "A log file was truncated; reading it again from the start.",
+            extra={"path": str(tailed.path), "previous_offset": tailed.offset},
+        )
+        self._close(tailed)
+        self._open(tailed.path, info, tailed.origin)
+
+    def stale_checkpoints(self) -> list[str]:
+        """Checkpoints of files that are closed, settled, and no longer on disk."""
+        open_keys = {tailed.key for tailed in self.files.values()}
+        return [
+            key
+            for key, checkpoint in self.checkpoints.checkpoints.items()
+            if key not in open_keys
+            and not self.checkpoints.has_pending(key)
+            and not os.path.lexists(checkpoint.path)
+        ]
+
+    def _close(self, tailed: TailedFile) -> None:
+        os.close(tailed.handle)
+        del self.files[tailed.device_inode]
+        self.counts.files_closed += 1
+
+
+def _reading_order(tailed: TailedFile) -> tuple[Path, int, str]:
+    # Within a container directory: rotated files (0.log.<time>) before live ones (0.log).
+    return (tailed.container_directory, int(tailed.path.name.endswith(".log")), tailed.path.name)
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
