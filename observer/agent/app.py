@@ -11,7 +11,6 @@ close the sinks, save the checkpoints.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Any, Protocol
@@ -53,7 +52,8 @@ def build_sinks(config: AgentConfig) -> list[Sink]:
     return sinks
 
 
-async def run(config: AgentConfig, once: bool) -> None:
+async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (SIGTERM and SIGINT set it), or with `once` until every file is read."""
     sinks = build_sinks(config)
     checkpoints = CheckpointStore(config.state_dir)
     checkpoints.load()
@@ -78,10 +78,13 @@ async def run(config: AgentConfig, once: bool) -> None:
                 checkpoints.forget(key)
             checkpoints.save()
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stop.set)
+    handled_signals: tuple[signal.Signals, ...] = ()
+    if stop is None:
+        stop = asyncio.Event()
+        handled_signals = (signal.SIGTERM, signal.SIGINT)
+        for signal_number in handled_signals:
+            loop.add_signal_handler(signal_number, stop.set)
     watcher = _watch_for_changes(settings.root, tailer, loop) if not once else None
 
     delivery = asyncio.create_task(deliver(), name="deliver")
@@ -94,10 +97,11 @@ async def run(config: AgentConfig, once: bool) -> None:
         if delivery.done():
             delivery.result()  # a sink failed: raise it
         reading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reading
+        await asyncio.wait({reading})  # unlike awaiting it, never swallows our own cancellation
         await queue.join()
     finally:
+        for signal_number in handled_signals:
+            loop.remove_signal_handler(signal_number)
         for task in (delivery, saver, stopping, reading):
             task.cancel()
         if watcher is not None:

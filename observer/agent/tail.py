@@ -23,6 +23,7 @@ watchdog and repeated on a timer in case an event was missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import os
@@ -55,6 +56,8 @@ class TailCounts:
     files_opened: int = 0
     files_closed: int = 0
     truncations: int = 0
+    found_rotated: int = 0
+    """Files first seen under a rotated name after start: created and rotated between scans."""
     bytes_read: int = 0
     decode: DecodeCounts = field(default_factory=DecodeCounts)
 
@@ -96,7 +99,9 @@ def selected(origin: Origin, include: PodLogFilter, exclude: PodLogFilter) -> bo
         relevant = [(patterns, value) for patterns, value in checks if patterns]
         if not relevant:
             return everything_when_empty
-        return all(any(fnmatch.fnmatchcase(value, p) for p in patterns) for patterns, value in relevant)
+        return all(
+            any(fnmatch.fnmatchcase(value, p) for p in patterns) for patterns, value in relevant
+        )
 
     return matches(include, True) and not matches(exclude, False)
 
@@ -119,6 +124,8 @@ class Tailer:
         self._ignored: set[tuple[int, int, int]] = set()
         """(device, inode, size) of rotated files already judged not ours to read."""
         self._wake = asyncio.Event()
+        self._started = False
+        """Whether the first scan is done: rotated files found later are ours to read."""
 
     def wake(self) -> None:
         """Something changed on disk (an inotify event): scan and read now."""
@@ -139,10 +146,11 @@ class Tailer:
                 if once and not progressed:
                     return
                 if not progressed:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
-                    except TimeoutError:
-                        pass
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with the event being set (CPython gh-86296).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.poll_interval):
+                            await self._wake.wait()
         finally:
             for tailed in list(self.files.values()):
                 self._close(tailed)
@@ -169,18 +177,25 @@ class Tailer:
                         yield Path(entry.path), info
 
     def scan(self) -> None:
+        present = set()
         for path, info in self._candidates():
-            device_inode = (info.st_dev, info.st_ino)
-            tailed = self.files.get(device_inode)
-            if tailed is not None:
-                tailed.path = path  # renamed by rotation: same file, new name
-                continue
-            if (info.st_dev, info.st_ino, info.st_size) in self._ignored:
-                continue
-            origin = Origin.from_path(self.root, path)
-            if origin is None or not selected(origin, self.settings.include, self.settings.exclude):
-                continue
-            self._open(path, info, origin)
+            present.add((info.st_dev, info.st_ino, info.st_size))
+            self._consider(path, info)
+        self._ignored &= present  # forget files that are gone, so the set stays small
+        self._started = True
+
+    def _consider(self, path: Path, info: os.stat_result) -> None:
+        device_inode = (info.st_dev, info.st_ino)
+        tailed = self.files.get(device_inode)
+        if tailed is not None:
+            tailed.path = path  # renamed by rotation: same file, new name
+            return
+        if (info.st_dev, info.st_ino, info.st_size) in self._ignored:
+            return
+        origin = Origin.from_path(self.root, path)
+        if origin is None or not selected(origin, self.settings.include, self.settings.exclude):
+            return
+        self._open(path, info, origin)
 
     def _open(self, path: Path, info: os.stat_result, origin: Origin) -> None:
         device_inode = (info.st_dev, info.st_ino)
@@ -194,16 +209,21 @@ class Tailer:
             return
         offset = self.checkpoints.offset(key)
         if offset is None and not path.name.endswith(".log"):
-            # A rotated file we have no record of was finished before, or predates us.
-            os.close(handle)
-            self._ignored.add((info.st_dev, info.st_ino, info.st_size))
-            return
+            if not self._started:
+                # At start, a rotated file we have no record of predates us: not ours.
+                os.close(handle)
+                self._ignored.add((info.st_dev, info.st_ino, info.st_size))
+                return
+            # Later, it is a live file that was created and rotated between two scans.
+            self.counts.found_rotated += 1
         offset = offset or 0
         if offset > info.st_size:
             offset = 0  # truncated while we were away (copytruncate): all of it is new
         self.checkpoints.track(key, str(path), offset)
         decoder = Decoder(origin, self.settings.max_line_bytes, self.counts.decode)
-        self.files[device_inode] = TailedFile(key, path, origin, handle, device_inode, offset, decoder)
+        self.files[device_inode] = TailedFile(
+            key, path, origin, handle, device_inode, offset, decoder
+        )
         self.counts.files_opened += 1
         log.debug("Tailing a log file.", extra={"path": str(path), "offset": offset})
 
@@ -233,7 +253,9 @@ class Tailer:
         documents = tailed.decoder.decode(data, start)
         tailed.offset = start + advance
         self.counts.bytes_read += advance
-        handover = self.checkpoints.hand_over(tailed.key, tailed.decoder.resume_offset(tailed.offset))
+        handover = self.checkpoints.hand_over(
+            tailed.key, tailed.decoder.resume_offset(tailed.offset)
+        )
         await self.queue.put(Batch(documents, handover))
         return True
 
@@ -268,10 +290,13 @@ class Tailer:
             if info.st_size < tailed.offset:
                 self._truncated(tailed, info)
                 continue
-            if info.st_nlink == 0 or self._rotated_away(tailed):
-                # The runtime may append to a renamed file until it reopens; wait a poll.
-                if once or tailed.idle_polls > 1:
-                    self._close(tailed)
+            # The runtime may append to a renamed file until it reopens: wait one more poll.
+            settled = once or tailed.idle_polls > 1
+            if settled and (info.st_nlink == 0 or self._rotated_away(tailed)):
+                self._close(tailed)
+                # Finished: its checkpoint remembers that across restarts, this set
+                # spares reopening it at every scan until it is compressed away.
+                self._ignored.add((info.st_dev, info.st_ino, info.st_size))
 
     def _rotated_away(self, tailed: TailedFile) -> bool:
         if not tailed.path.name.endswith(".log"):

@@ -42,10 +42,14 @@ async def test_document_created_in_a_data_stream_is_found(client: AsyncElasticse
         "message": "connection refused",
         "kubernetes": {"namespace": "shop"},
     }
-    created = await client.create(index="logs-smoke-default", id="file-1:0", document=document, refresh=True)
+    created = await client.create(
+        index="logs-smoke-default", id="file-1:0", document=document, refresh=True
+    )
     assert created["result"] == "created"
 
-    found = await client.search(index="logs-smoke-default", query={"term": {"kubernetes.namespace": "shop"}})
+    found = await client.search(
+        index="logs-smoke-default", query={"term": {"kubernetes.namespace": "shop"}}
+    )
 
     (hit,) = found["hits"]["hits"]
     assert hit["_id"] == "file-1:0"
@@ -64,7 +68,9 @@ async def test_creating_the_same_id_twice_is_a_conflict(client: AsyncElasticsear
 async def test_harness_cleans_what_a_test_wrote(client: AsyncElasticsearch, es: Node) -> None:
     """The fixture's clean-up removes a test's data streams, indices and templates."""
     await client.indices.put_index_template(name="logs-smoke", **TEMPLATE)
-    await client.create(index="logs-smoke-default", id="x", document={"@timestamp": "2026-01-01T00:00:00Z"})
+    await client.create(
+        index="logs-smoke-default", id="x", document={"@timestamp": "2026-01-01T00:00:00Z"}
+    )
     await client.index(index="plain-index", document={"a": 1})
 
     es.clean()

@@ -86,7 +86,7 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
         ),
         (
             "nodes: 3",
-            "nodes: unknown key; allowed here: kubernetes, node_name, sinks, state_dir, telemetry",
+            "nodes: unknown key; allowed here: kubernetes, node_name, sinks, sources, state_dir, telemetry",
         ),
         ("- a list", "<root>: expected a mapping of keys, got list"),
         (
