@@ -9,8 +9,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint services venv
 
 demo: venv
-	$(BIN)/observer check-config agent/agent.yaml --show
-	$(BIN)/observer check-config collector/collector.yaml
+	$(BIN)/observer demo
 
 test: venv services lint
 	$(BIN)/python -m pytest

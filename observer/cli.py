@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     collector = commands.add_parser("collector", help="run the trace collector")
     collector.add_argument("--config", type=Path, required=True, help="path to collector.yaml")
 
-    commands.add_parser("demo", help="run the agent and the collector on an embedded example")
+    commands.add_parser("demo", help="run the agent on an embedded example")
 
     check = commands.add_parser(
         "check-config", help="validate a configuration file and report every mistake"
@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.file, args.deployable, args.show)
     if args.command == "agent":
         return run_agent(args.config, args.once, args.log_level)
+    if args.command == "demo":
+        from observer import demo
+
+        configure_logging(args.log_level or "warning")
+        return demo.run()
     return not_built(args.command)
 
 

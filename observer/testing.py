@@ -25,6 +25,7 @@ class ContainerLog:
         self.directory = directory
         self.restart = restart
         self._clock = itertools.count()
+        self._rotations = 0
         directory.mkdir(parents=True, exist_ok=True)
         self._out = self.path.open("ab")
 
@@ -56,12 +57,19 @@ class ContainerLog:
 
     def rotate(self, compress_older: bool = True) -> Path:
         """The kubelet's rotation: rename N.log to N.log.<time>, reopen N.log, gzip older ones."""
-        rotated = self.path.with_name(f"{self.path.name}.{next(self._clock):020d}")
+        # The kubelet's suffix is the rotation time, YYYYMMDD-hhmmss; one second per rotation here.
+        self._rotations += 1
+        minutes, seconds = divmod(self._rotations, 60)
+        hours, minutes = divmod(minutes, 60)
+        rotated = self.path.with_name(
+            f"{self.path.name}.20261121-{hours:02d}{minutes:02d}{seconds:02d}"
+        )
         os.rename(self.path, rotated)
         self._out.close()
         self._out = self.path.open("ab")
         if compress_older:
-            for older in sorted(self.directory.glob(f"{self.restart}.log.*"))[:-1]:
+            rotations = sorted(self.directory.glob(f"{self.restart}.log.*"))
+            for older in rotations[:-1]:
                 if older.suffix != ".gz":
                     with older.open("rb") as source, gzip.open(f"{older}.gz", "wb") as target:
                         shutil.copyfileobj(source, target)

@@ -21,6 +21,7 @@ Per-file metadata dicts are shared by every document of the file, never copied.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ Document = dict[str, Any]
 
 TRUNCATED_MARK = "…[truncated]"
 """Appended to a message cut at max_line_bytes, so a reader knows text is missing."""
+
+
+_LOG_FILE_NAME = re.compile(r"(?P<restart>\d+)\.log(?:\.\d{8}-\d{6})?")
+"""``<restart>.log``, or rotated by the kubelet: ``<restart>.log.<YYYYMMDD-hhmmss>``
+(pkg/kubelet/logs/container_log_manager.go, timestampFormat). Other names (compressed
+rotations, copies made by other tools) are not container logs to read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +64,10 @@ class Origin:
             return None
         namespace, _, rest = pod_directory.partition("_")
         pod, _, uid = rest.rpartition("_")
-        restart, dot, suffix = file_name.partition(".")
-        if not (namespace and pod and uid and dot) or not suffix.startswith("log"):
+        name = _LOG_FILE_NAME.fullmatch(file_name)
+        if not (namespace and pod and uid and name):
             return None
-        if not restart.isdigit():
-            return None
-        return cls(str(path), namespace, pod, uid, container, int(restart))
+        return cls(str(path), namespace, pod, uid, container, int(name["restart"]))
 
 
 @dataclass(slots=True)

@@ -12,8 +12,10 @@ How nothing is lost:
 - An open descriptor keeps reading a renamed or deleted file to its end before it is
   closed (the runtime may still append briefly after a rename), so rotation never cuts a
   file short, and a deleted file's disk space is freed once it is drained.
-- After a restart, a rotated file is read again only if its checkpoint says it was not
-  finished; a file with no checkpoint under a rotated name was never ours to read.
+- Every file without a checkpoint is read from its start, under a rotated name too: a
+  finished file keeps its checkpoint for as long as it is on disk, so a rotated file
+  without one is one the agent has never read (created and rotated while it was down, or
+  between two scans). Compressed rotations (.gz) are not read.
 - Reading stops when the queue to the sinks is full: the files are the buffer.
 
 Discovery is a scan of the tree (symlinks are never followed), woken by inotify through
@@ -56,8 +58,6 @@ class TailCounts:
     files_opened: int = 0
     files_closed: int = 0
     truncations: int = 0
-    found_rotated: int = 0
-    """Files first seen under a rotated name after start: created and rotated between scans."""
     bytes_read: int = 0
     decode: DecodeCounts = field(default_factory=DecodeCounts)
 
@@ -124,8 +124,6 @@ class Tailer:
         self._ignored: set[tuple[int, int, int]] = set()
         """(device, inode, size) of rotated files already judged not ours to read."""
         self._wake = asyncio.Event()
-        self._started = False
-        """Whether the first scan is done: rotated files found later are ours to read."""
 
     def wake(self) -> None:
         """Something changed on disk (an inotify event): scan and read now."""
@@ -166,8 +164,7 @@ class Tailer:
                 if not container.is_dir(follow_symlinks=False):
                     continue
                 for entry in _scandir(Path(container.path)):
-                    name = entry.name
-                    if ".log" not in name or name.endswith((".gz", ".tmp")):
+                    if ".log" not in entry.name:
                         continue
                     try:
                         info = entry.stat(follow_symlinks=False)
@@ -182,7 +179,6 @@ class Tailer:
             present.add((info.st_dev, info.st_ino, info.st_size))
             self._consider(path, info)
         self._ignored &= present  # forget files that are gone, so the set stays small
-        self._started = True
 
     def _consider(self, path: Path, info: os.stat_result) -> None:
         device_inode = (info.st_dev, info.st_ino)
@@ -208,14 +204,6 @@ class Tailer:
             os.close(handle)  # no complete first line yet; the next scan tries again
             return
         offset = self.checkpoints.offset(key)
-        if offset is None and not path.name.endswith(".log"):
-            if not self._started:
-                # At start, a rotated file we have no record of predates us: not ours.
-                os.close(handle)
-                self._ignored.add((info.st_dev, info.st_ino, info.st_size))
-                return
-            # Later, it is a live file that was created and rotated between two scans.
-            self.counts.found_rotated += 1
         offset = offset or 0
         if offset > info.st_size:
             offset = 0  # truncated while we were away (copytruncate): all of it is new

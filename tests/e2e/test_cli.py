@@ -69,7 +69,7 @@ def test_check_config_show_prints_the_effective_configuration(tmp_path: Path) ->
     assert "listen: 0.0.0.0:9464" in result.stdout
 
 
-def test_commands_not_built_yet_say_so_and_fail() -> None:
+def test_commands_not_built_yet_say_so_and_fail() -> None:  # the collector, for now
     """A deployable that does not exist yet exits 2 with a JSON log line saying so."""
     result = observer("collector", "--config", REPO / "collector" / "collector.yaml")
     assert result.returncode == 2
@@ -77,6 +77,39 @@ def test_commands_not_built_yet_say_so_and_fail() -> None:
     assert entry["level"] == "error"
     assert "not built yet" in entry["message"]
     assert entry["command"] == "collector"
+
+
+def test_demo_runs_the_agent_on_its_embedded_example() -> None:
+    """observer demo delivers every line of its example tree, one document per line."""
+    result = observer("demo")
+    assert result.returncode == 0, result.stderr
+    assert "9 lines written by 2 pods → 9 documents" in result.stdout
+    assert '"trace": {' in result.stdout
+
+
+def test_agent_once_with_the_file_sink(tmp_path: Path) -> None:
+    """observer agent --once reads a pod log tree to its end, writes documents, and exits 0."""
+    container = tmp_path / "pods" / "shop_web-1_uid-1" / "app"
+    container.mkdir(parents=True)
+    (container / "0.log").write_text("2026-11-21T10:00:00.5Z stdout F hello\n")
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"sources: {{pod_logs: {{root: {tmp_path / 'pods'}}}}}\n"
+        f"sinks: {{elasticsearch: null, file: {{path: {tmp_path / 'out.jsonl'}}}}}\n"
+    )
+    result = observer("agent", "--config", config, "--once")
+    assert result.returncode == 0, result.stderr
+    (document,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert document["message"] == "hello"
+    assert document["kubernetes"]["pod"] == {"name": "web-1", "uid": "uid-1"}
+
+
+def test_agent_with_the_unbuilt_elasticsearch_sink_says_so(tmp_path: Path) -> None:
+    """The default config's Elasticsearch sink is not built yet: exit 2, saying what to do."""
+    result = observer("agent", "--config", REPO / "agent" / "agent.yaml", "--once")
+    assert result.returncode == 2
+    assert "elasticsearch sink is not built yet" in result.stderr
 
 
 def test_version() -> None:

@@ -158,6 +158,19 @@ async def test_rotated_file_unfinished_at_shutdown_is_finished_after_restart(
     assert messages(delivered(tmp_path)) == ["a", "b", "c", "d"]
 
 
+async def test_first_start_reads_rotated_files_not_yet_compressed(
+    tmp_path: Path, tree: PodLogTree
+) -> None:
+    """An agent with no checkpoints reads the uncompressed rotated file before the live one."""
+    web = tree.container("shop", "web-1", "app")
+    web.write(["old-1", "old-2"])
+    web.rotate()
+    web.write(["new"])
+    await run_once(agent_config(tmp_path))
+
+    assert messages(delivered(tmp_path)) == ["old-1", "old-2", "new"]
+
+
 async def test_deleted_file_is_drained_then_its_descriptor_closed(
     tmp_path: Path, tree: PodLogTree
 ) -> None:
