@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from observer.agent.checkpoint import CheckpointStore
-from observer.agent.tail import Batch, Tailer
+from observer.agent.tail import Batch, TailCounts, Tailer
 from observer.config import AgentConfig
 from observer.sinks.file import FileSink
+from observer.telemetry import TelemetryServer, build_info, metric_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,50 @@ class Sink(Protocol):
 
 class NotBuiltError(Exception):
     """A configured part of the agent does not exist yet."""
+
+
+class TailMetrics(Collector):
+    """The log path's counters, read at scrape time rather than updated per line."""
+
+    def __init__(
+        self, counts: TailCounts, open_files: Callable[[], int], queued: Callable[[], int]
+    ):
+        self.counts = counts
+        self.open_files = open_files
+        self.queued = queued
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counts = self.counts
+        yield CounterMetricFamily(
+            metric_name("log_lines_read"),
+            "Log lines decoded from container log files.",
+            value=counts.decode.lines,
+        )
+        yield CounterMetricFamily(
+            metric_name("log_bytes_read"),
+            "Bytes read from container log files.",
+            value=counts.bytes_read,
+        )
+        repaired = CounterMetricFamily(
+            metric_name("log_lines_repaired"),
+            "Lines kept but changed: truncated, invalid UTF-8 replaced, or in no known format.",
+            labels=["reason"],
+        )
+        repaired.add_metric(["truncated"], counts.decode.truncated)
+        repaired.add_metric(["invalid_utf8"], counts.decode.invalid_utf8)
+        repaired.add_metric(["malformed"], counts.decode.malformed)
+        yield repaired
+        yield CounterMetricFamily(
+            metric_name("log_file_truncations"),
+            "Log files found truncated (copytruncate).",
+            value=counts.truncations,
+        )
+        yield GaugeMetricFamily(
+            metric_name("log_files_open"), "Log files being tailed.", value=self.open_files()
+        )
+        yield GaugeMetricFamily(
+            metric_name("queue_batches"), "Batches read and not yet delivered.", value=self.queued()
+        )
 
 
 def build_sinks(config: AgentConfig) -> list[Sink]:
@@ -62,6 +112,13 @@ async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None
     tailer = Tailer(settings, checkpoints, queue)
     for sink in sinks:
         await sink.start()
+    telemetry = None
+    if not once:
+        registry = CollectorRegistry()
+        build_info(registry, "agent")
+        registry.register(TailMetrics(tailer.counts, lambda: len(tailer.files), queue.qsize))
+        telemetry = TelemetryServer(registry, config.telemetry.listen)
+        await telemetry.start()
 
     async def deliver() -> None:
         while True:
@@ -106,6 +163,8 @@ async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None
             task.cancel()
         if watcher is not None:
             watcher.stop()
+        if telemetry is not None:
+            await telemetry.stop()
         for sink in sinks:
             await sink.stop()
         for key in tailer.stale_checkpoints():
