@@ -189,7 +189,8 @@ def _watch_for_changes(root: Any, tailer: Tailer, loop: asyncio.AbstractEventLoo
 
     class Wake(FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
-            loop.call_soon_threadsafe(tailer.wake)
+            rescan = event.event_type in ("created", "moved", "deleted")
+            loop.call_soon_threadsafe(tailer.wake, rescan)
 
     observer = Observer()
     root.mkdir(parents=True, exist_ok=True)

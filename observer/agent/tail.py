@@ -122,11 +122,16 @@ class Tailer:
         self.counts = TailCounts()
         self.files: dict[tuple[int, int], TailedFile] = {}
         self._ignored: set[tuple[int, int, int]] = set()
-        """(device, inode, size) of rotated files already judged not ours to read."""
+        """(device, inode, size) of rotated files read to their end and closed."""
         self._wake = asyncio.Event()
+        self._rescan = False
 
-    def wake(self) -> None:
-        """Something changed on disk (an inotify event): scan and read now."""
+    def wake(self, rescan: bool) -> None:
+        """Something changed on disk (an inotify event): read now, and scan if files came or went.
+
+        Writes only wake the reader; a scan of the whole tree is for creations and renames.
+        """
+        self._rescan |= rescan
         self._wake.set()
 
     async def run(self, once: bool = False) -> None:
@@ -135,8 +140,9 @@ class Tailer:
         next_scan = 0.0
         try:
             while True:
-                if loop.time() >= next_scan or self._wake.is_set():
-                    self._wake.clear()
+                self._wake.clear()
+                if loop.time() >= next_scan or self._rescan:
+                    self._rescan = False
                     self.scan()
                     next_scan = loop.time() + self.settings.rescan_interval
                 progressed = await self.read_all()

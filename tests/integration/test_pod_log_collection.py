@@ -23,6 +23,7 @@ def agent_config(tmp_path: Path, **pod_logs: object) -> AgentConfig:
     return AgentConfig.model_validate(
         {
             "state_dir": str(tmp_path / "state"),
+            "telemetry": {"listen": "127.0.0.1:0"},
             "sources": {
                 "pod_logs": {"root": str(tmp_path / "pods"), "poll_interval": "20ms", **pod_logs}
             },
