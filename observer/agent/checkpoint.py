@@ -113,9 +113,6 @@ class CheckpointStore:
     def has_pending(self, key: str) -> bool:
         return bool(self._pending.get(key))
 
-    def unsettled(self) -> int:
-        return sum(len(pending) for pending in self._pending.values())
-
     def forget(self, key: str) -> None:
         """A file fully delivered and gone from disk needs no checkpoint any more."""
         self._pending.pop(key, None)

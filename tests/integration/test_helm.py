@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import ssl
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.services.kubernetes import KubeCluster
+from tests.services.kubernetes import KubeCluster, admin_request
 
 CHART = {
     "Chart.yaml": "apiVersion: v2\nname: smoke\nversion: 0.1.0\n",
@@ -39,14 +36,10 @@ def test_helm_renders_a_chart_the_api_server_accepts(
     (manifest,) = [doc for doc in yaml.safe_load_all(rendered) if doc]
     assert manifest["data"] == {"greeting": "hi"}
 
-    request = urllib.request.Request(  # noqa: S310 - the test's own API server
-        f"{kube.server}/api/v1/namespaces/{kube_namespace}/configmaps",
-        data=json.dumps(manifest).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {kube.token}", "Content-Type": "application/json"},
+    created = admin_request(
+        kube, "POST", f"/api/v1/namespaces/{kube_namespace}/configmaps", manifest
     )
-    context = ssl.create_default_context(cafile=str(kube.ca_file))
-    with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
-        created = json.loads(response.read())
-    assert created["metadata"]["name"] == "demo-smoke"
-    assert created["metadata"]["uid"]
+    metadata = created["metadata"]
+    assert isinstance(metadata, dict)
+    assert metadata["name"] == "demo-smoke"
+    assert metadata["uid"]

@@ -7,6 +7,7 @@ namespaces it deletes, which the namespace controller would otherwise do.
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
 import subprocess
@@ -159,11 +160,10 @@ def _get_ok(url: str, token: str | None = None, ca_file: Path | None = None) -> 
         return False
 
 
-def _admin_request(
+def admin_request(
     cluster: KubeCluster, method: str, path: str, body: dict[str, object] | None = None
 ) -> dict[str, object]:
-    import json
-
+    """A request to the test API server as its admin; a 404 answers an empty dict."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{cluster.server}{path}", data=data, method=method)  # noqa: S310
     request.add_header("Authorization", f"Bearer {cluster.token}")
@@ -183,18 +183,18 @@ def create_namespace(cluster: KubeCluster, test_name: str) -> str:
     """A namespace named after the test (DNS-1123), with a random suffix."""
     stem = "".join(c if c.isalnum() else "-" for c in test_name.lower()).strip("-")[:40].strip("-")
     name = f"{stem}-{secrets.token_hex(3)}"
-    _admin_request(cluster, "POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    admin_request(cluster, "POST", "/api/v1/namespaces", {"metadata": {"name": name}})
     return name
 
 
 def delete_namespace(cluster: KubeCluster, name: str) -> None:
     """Delete a namespace and its contents now, doing the namespace controller's part."""
     for collection in ("pods", "events", "configmaps", "services", "secrets"):
-        _admin_request(
+        admin_request(
             cluster, "DELETE", f"/api/v1/namespaces/{name}/{collection}?gracePeriodSeconds=0"
         )
-    _admin_request(cluster, "DELETE", f"/api/v1/namespaces/{name}")
-    _admin_request(
+    admin_request(cluster, "DELETE", f"/api/v1/namespaces/{name}")
+    admin_request(
         cluster,
         "PUT",
         f"/api/v1/namespaces/{name}/finalize",
