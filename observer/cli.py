@@ -84,11 +84,7 @@ def run_agent(path: Path, once: bool, log_level: str | None) -> int:
             log.error("Invalid configuration.", extra={"file": error.source, "problem": problem})
         return EXIT_INVALID_CONFIG
     configure_logging(log_level or loaded.telemetry.log_level)
-    try:
-        asyncio.run(app.run(loaded, once))
-    except app.NotBuiltError as error:
-        log.error("This part of the agent is not built yet.", extra={"detail": str(error)})
-        return EXIT_NOT_BUILT
+    asyncio.run(app.run(loaded, once))
     return EXIT_OK
 
 

@@ -71,8 +71,8 @@ def _listen_address(value: str) -> str:
 
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def _seconds(value: object) -> object:
@@ -81,7 +81,7 @@ def _seconds(value: object) -> object:
         match = _DURATION.match(value)
         if not match:
             raise PydanticCustomError(
-                "duration", "not a duration like 500ms, 5s, 2m: {value}", {"value": repr(value)}
+                "duration", "not a duration like 500ms, 5s, 2m, 7d: {value}", {"value": repr(value)}
             )
         return float(match[1]) * _DURATION_UNITS[match[2]]
     return value
@@ -116,6 +116,35 @@ def _bytes(value: object) -> object:
 ByteSize = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+_DATA_STREAM_PART = re.compile(r"^[a-z0-9][a-z0-9._]*$")
+
+
+def _data_stream_part(value: str) -> str:
+    if not _DATA_STREAM_PART.match(value):
+        raise PydanticCustomError(
+            "data_stream_part",
+            "lowercase letters, digits, '.' and '_' only (no '-'): {value}",
+            {"value": repr(value)},
+        )
+    return value
+
+
+DataStreamPart = Annotated[str, AfterValidator(_data_stream_part)]
+
+
+def _data_stream_name(value: str) -> str:
+    parts = value.split("-")
+    if len(parts) != 3 or not all(_DATA_STREAM_PART.match(part) for part in parts):
+        raise PydanticCustomError(
+            "data_stream_name",
+            "not a data stream name <type>-<dataset>-<namespace>: {value}",
+            {"value": repr(value)},
+        )
+    return value
+
+
+DataStreamName = Annotated[str, AfterValidator(_data_stream_name)]
 
 
 class Section(BaseModel):
@@ -184,8 +213,75 @@ class FileSinkConfig(Section):
     path: Path
 
 
+class DataStreamConfig(Section):
+    """Where log documents are written: the data stream ``<type>-<dataset>-<namespace>``."""
+
+    type: Literal["logs"] = "logs"
+    dataset: DataStreamPart = "kubernetes.container"
+    namespace: DataStreamPart = "default"
+    namespace_from: str | None = None
+    """A document field (dotted path, e.g. ``kubernetes.namespace`` or
+    ``kubernetes.labels.team``) whose value names the data stream namespace; documents
+    without it go to `namespace`."""
+
+
+class BulkConfig(Section):
+    """How documents are grouped into _bulk requests."""
+
+    max_bytes: ByteSize = Field(default=5 << 20, ge=1024)
+    """Uncompressed body size at which a request is sent."""
+    max_documents: int = Field(default=5000, ge=1)
+    flush_interval: Seconds = 0.2
+    """How long a request waits for more documents before it is sent anyway."""
+    max_in_flight: int = Field(default=4, ge=1)
+    compression_level: int = Field(default=1, ge=0, le=9)
+    """gzip level of request bodies; 0 sends them uncompressed."""
+
+
+class RetryConfig(Section):
+    """Backoff between attempts: exponential with full jitter, capped."""
+
+    initial_backoff: Seconds = 0.1
+    max_backoff: Seconds = 30.0
+
+
+class DeadLetterConfig(Section):
+    """Documents Elasticsearch refuses for good, with the reason."""
+
+    data_stream: DataStreamName = "logs-observer.dead_letter-default"
+    file: Path = Path("dead-letter.jsonl")
+    """Used when the dead-letter data stream refuses a document too; relative to state_dir."""
+
+
+class IlmPolicyConfig(Section):
+    enabled: bool = True
+    name: str = "observer-logs"
+    rollover_max_primary_shard_size: ByteSize = 50 << 30
+    rollover_max_age: Seconds = 86400.0
+    delete_after: Seconds = 7 * 86400.0
+
+
+class SetupConfig(Section):
+    """Index templates, ILM policy and data stream installed at start; off when managed elsewhere."""
+
+    enabled: bool = True
+    number_of_shards: int = Field(default=1, ge=1)
+    number_of_replicas: int = Field(default=1, ge=0)
+    ilm: IlmPolicyConfig = IlmPolicyConfig()
+
+
+class ElasticsearchSinkConfig(ElasticsearchConfig):
+    """The agent's log sink: exactly-once writes into data streams (see observer/sinks)."""
+
+    data_stream: DataStreamConfig = DataStreamConfig()
+    bulk: BulkConfig = BulkConfig()
+    retry: RetryConfig = RetryConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    setup: SetupConfig = SetupConfig()
+
+
 class AgentSinks(Section):
-    elasticsearch: ElasticsearchConfig | None = ElasticsearchConfig()
+    elasticsearch: ElasticsearchSinkConfig | None = ElasticsearchSinkConfig()
     file: FileSinkConfig | None = None
 
     @model_validator(mode="after")
@@ -203,6 +299,39 @@ class PodLogFilter(Section):
     containers: list[str] = []
 
 
+MultilineLanguage = Literal["java", "python", "go", "node"]
+
+
+class MultilineOverride(PodLogFilter):
+    """Other multiline settings for the files this filter matches; unset keys are inherited."""
+
+    enabled: bool | None = None
+    languages: list[MultilineLanguage] | None = None
+
+    @model_validator(mode="after")
+    def _selects_and_changes(self) -> MultilineOverride:
+        if not (self.namespaces or self.pods or self.containers):
+            raise PydanticCustomError(
+                "override_match", "an override needs namespaces, pods or containers to match"
+            )
+        if self.enabled is None and self.languages is None:
+            raise PydanticCustomError("override_empty", "an override sets enabled or languages")
+        return self
+
+
+class MultilineConfig(Section):
+    """Joining the lines of a stack trace into one document (Java, Python, Go, Node.js)."""
+
+    enabled: bool = True
+    languages: list[MultilineLanguage] = ["java", "python", "go", "node"]
+    max_lines: int = Field(default=500, ge=2)
+    """A longer trace is emitted in pieces of this many lines (also at max_line_bytes)."""
+    max_wait: Seconds = 1.0
+    """A trace whose stream has no new line for this long is emitted as it is."""
+    overrides: list[MultilineOverride] = []
+    """The first override whose filter matches a file decides for it."""
+
+
 class PodLogsConfig(Section):
     """The kubelet's container log files on this node."""
 
@@ -217,6 +346,7 @@ class PodLogsConfig(Section):
     rescan_interval: Seconds = 10.0
     queue_batches: int = Field(default=16, ge=1)
     """Batches read but not yet delivered; when full, reading waits (backpressure)."""
+    multiline: MultilineConfig = MultilineConfig()
 
 
 class AgentSources(Section):
@@ -228,6 +358,9 @@ class AgentConfig(Section):
 
     node_name: str = Field(default="", description="this node's name; the chart sets NODE_NAME")
     state_dir: Path = Path("/var/lib/observer")
+    shutdown_timeout: Seconds = 15.0
+    """On SIGTERM, how long delivery may go on; what is not acknowledged by then is read
+    again at the next start (Kubernetes' default grace period is 30 s)."""
     telemetry: TelemetryConfig = TelemetryConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     sources: AgentSources = AgentSources()

@@ -1,20 +1,24 @@
 """The agent, wired: pod log files → tail and decode → sinks → checkpoints.
 
 Ownership: the tailer builds each Batch and gives it to the queue; the delivery task owns
-it from `get` on, hands the same document list to every sink in turn, and settles the
-batch's checkpoint handover only when all of them have returned.
+it from `get` on and submits the same document list to every sink in turn. Submitting
+waits while a sink is full (backpressure reaches the tailer through the bounded queue);
+the batch's checkpoint handover is settled when every sink has acknowledged it, in
+whatever order batches complete.
 
-Shutdown order (SIGTERM, or the end of `--once`): stop reading, deliver what was read,
-close the sinks, save the checkpoints.
+Shutdown order (SIGTERM, or the end of `--once`): stop reading, let delivery finish for up
+to `shutdown_timeout`, close the sinks, save the checkpoints. What was not acknowledged by
+then is read again at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,27 +27,14 @@ from prometheus_client.registry import Collector
 from observer.agent.checkpoint import CheckpointStore
 from observer.agent.tail import Batch, TailCounts, Tailer
 from observer.config import AgentConfig
+from observer.sinks import Sink
+from observer.sinks.elasticsearch import ElasticsearchSink
 from observer.sinks.file import FileSink
-from observer.telemetry import TelemetryServer, build_info, metric_name
+from observer.telemetry import ReadinessCheck, TelemetryServer, build_info, metric_name
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 1.0
-
-
-class Sink(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def write(self, documents: list[dict[str, Any]]) -> None:
-        """Return once the documents are settled (stored, or dead-lettered with a reason)."""
-
-    async def stop(self) -> None: ...
-
-
-class NotBuiltError(Exception):
-    """A configured part of the agent does not exist yet."""
 
 
 class TailMetrics(Collector):
@@ -90,21 +81,31 @@ class TailMetrics(Collector):
         )
 
 
-def build_sinks(config: AgentConfig) -> list[Sink]:
+def build_sinks(config: AgentConfig, registry: CollectorRegistry) -> list[Sink]:
     sinks: list[Sink] = []
     if config.sinks.elasticsearch is not None:
-        raise NotBuiltError(
-            "the elasticsearch sink is not built yet; set sinks.elasticsearch to null and "
-            "configure sinks.file"
+        sinks.append(
+            ElasticsearchSink(
+                config.sinks.elasticsearch, config.node_name, config.state_dir, registry
+            )
         )
     if config.sinks.file is not None:
         sinks.append(FileSink(config.sinks.file))
     return sinks
 
 
-async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (SIGTERM and SIGINT set it), or with `once` until every file is read."""
-    sinks = build_sinks(config)
+async def run(
+    config: AgentConfig,
+    once: bool,
+    stop: asyncio.Event | None = None,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    """Run until `stop` is set (SIGTERM and SIGINT set it), or with `once` until every file is read.
+
+    `registry` receives the agent's metrics (a new one by default; served unless `once`).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    sinks = build_sinks(config, registry)
     checkpoints = CheckpointStore(config.state_dir)
     checkpoints.load()
     settings = config.sources.pod_logs
@@ -114,19 +115,35 @@ async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None
         await sink.start()
     telemetry = None
     if not once:
-        registry = CollectorRegistry()
         build_info(registry, "agent")
         registry.register(TailMetrics(tailer.counts, lambda: len(tailer.files), queue.qsize))
         telemetry = TelemetryServer(registry, config.telemetry.listen)
+        for sink in sinks:
+            telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)
         await telemetry.start()
+    failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    unacknowledged = 0
+
+    def acknowledged(batch: Batch, acknowledgements: asyncio.Future[list[None]]) -> None:
+        if acknowledgements.cancelled():
+            return
+        error = acknowledgements.exception()
+        if error is not None:
+            if not failure.done():
+                failure.set_exception(error)
+            return
+        nonlocal unacknowledged
+        unacknowledged -= 1
+        checkpoints.settle(batch.handover)
+        queue.task_done()
 
     async def deliver() -> None:
+        nonlocal unacknowledged
         while True:
             batch = await queue.get()
-            for sink in sinks:
-                await sink.write(batch.documents)
-            checkpoints.settle(batch.handover)
-            queue.task_done()
+            unacknowledged += 1
+            waiting = [await sink.submit(batch.documents, batch.handover.key) for sink in sinks]
+            asyncio.gather(*waiting).add_done_callback(functools.partial(acknowledged, batch))
 
     async def save_checkpoints() -> None:
         while True:
@@ -150,12 +167,28 @@ async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None
     stopping = asyncio.create_task(stop.wait())
     log.info("The agent is running.", extra={"root": str(settings.root), "once": once})
     try:
-        await asyncio.wait({reading, stopping, delivery}, return_when=asyncio.FIRST_COMPLETED)
+        running: set[asyncio.Future[Any]] = {reading, stopping, delivery, failure}
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         if delivery.done():
             delivery.result()  # a sink failed: raise it
+        if failure.done():
+            failure.result()
         reading.cancel()
         await asyncio.wait({reading})  # unlike awaiting it, never swallows our own cancellation
-        await queue.join()
+        drained = asyncio.create_task(queue.join())
+        draining: set[asyncio.Future[Any]] = {drained, failure}
+        await asyncio.wait(
+            draining, timeout=config.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if failure.done():
+            failure.result()
+        if not drained.done():
+            drained.cancel()
+            log.warning(
+                "Stopping before every batch was acknowledged; the rest is read again at "
+                "the next start.",
+                extra={"unacknowledged_batches": unacknowledged},
+            )
     finally:
         for signal_number in handled_signals:
             loop.remove_signal_handler(signal_number)
@@ -180,6 +213,13 @@ async def run(config: AgentConfig, once: bool, stop: asyncio.Event | None = None
             "invalid_utf8": tailer.counts.decode.invalid_utf8,
         },
     )
+
+
+def _readiness(sink: Sink) -> ReadinessCheck:
+    async def check() -> str | None:
+        return None if sink.ready() else "not accepting documents"
+
+    return check
 
 
 def _watch_for_changes(root: Any, tailer: Tailer, loop: asyncio.AbstractEventLoop) -> Any:

@@ -105,13 +105,6 @@ def test_agent_once_with_the_file_sink(tmp_path: Path) -> None:
     assert document["kubernetes"]["pod"] == {"name": "web-1", "uid": "uid-1"}
 
 
-def test_agent_with_the_unbuilt_elasticsearch_sink_says_so(tmp_path: Path) -> None:
-    """The default config's Elasticsearch sink is not built yet: exit 2, saying what to do."""
-    result = observer("agent", "--config", REPO / "agent" / "agent.yaml", "--once")
-    assert result.returncode == 2
-    assert "elasticsearch sink is not built yet" in result.stderr
-
-
 def test_version() -> None:
     """--version prints the package version."""
     assert observer("--version").stdout.strip() == f"observer {__version__}"

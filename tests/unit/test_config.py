@@ -56,7 +56,7 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
     assert found == [
         "telemetry.log_levl: unknown key; allowed here: listen, log_level",
         "sinks.elasticsearch.hosts[0]: not a URL: 'localhost:92OO'",
-        "sinks.elasticsearch.request_timeout: not a duration like 500ms, 5s, 2m: 'soon'",
+        "sinks.elasticsearch.request_timeout: not a duration like 500ms, 5s, 2m, 7d: 'soon'",
     ]
 
 
@@ -86,7 +86,7 @@ def test_every_mistake_is_reported_at_once_with_its_path() -> None:
         ),
         (
             "nodes: 3",
-            "nodes: unknown key; allowed here: kubernetes, node_name, sinks, sources, state_dir, telemetry",
+            "nodes: unknown key; allowed here: kubernetes, node_name, shutdown_timeout, sinks, sources, state_dir, telemetry",
         ),
         ("- a list", "<root>: expected a mapping of keys, got list"),
         (

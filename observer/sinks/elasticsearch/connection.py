@@ -1,7 +1,8 @@
-"""Elasticsearch: the connection both deployables use to write documents.
+"""The connection to Elasticsearch that both deployables use.
 
-The official 8.x client carries the transport (node failover, TLS, auth, compression);
-observer adds what a pipeline needs on top of it as the sink grows.
+The official 8.x client carries the transport: node failover across the configured hosts,
+TLS, authentication. Retrying is not left to it: the sink retries per item and knows
+which outcomes are safe to retry.
 """
 
 from __future__ import annotations
@@ -10,19 +11,28 @@ import ssl
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.serializer import JsonSerializer, OrjsonSerializer
 
 from observer.config import ElasticsearchConfig
 
 
-def connect(settings: ElasticsearchConfig) -> AsyncElasticsearch:
-    """A client for every configured host, authenticated the one way the config allows."""
+def connect(settings: ElasticsearchConfig, compress_requests: bool = True) -> AsyncElasticsearch:
+    """A client for every configured host, authenticated the one way the config allows.
+
+    `compress_requests=False` is for callers that gzip bodies themselves: the client's
+    own compression uses gzip's slowest level.
+    """
+    orjson_serializer: JsonSerializer = OrjsonSerializer()
     options: dict[str, Any] = {
         "hosts": list(settings.hosts),
         "request_timeout": settings.request_timeout,
-        "http_compress": True,
-        # Failover between hosts is the client's; retrying items is the sink's job.
+        "http_compress": compress_requests,
         "retry_on_timeout": True,
         "max_retries": 0,
+        "serializers": {
+            "application/json": orjson_serializer,
+            "application/vnd.elasticsearch+json": orjson_serializer,
+        },
     }
     if settings.api_key is not None:
         options["api_key"] = settings.api_key

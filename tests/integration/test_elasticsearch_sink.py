@@ -1,0 +1,236 @@
+"""The agent's Elasticsearch sink against the real node: exactly once, dead letters, setup."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from observer.agent import app
+from observer.agent.checkpoint import STATE_FILE
+from observer.config import AgentConfig, ElasticsearchSinkConfig
+from observer.sinks.elasticsearch.setup import index_templates
+from observer.testing import PodLogTree
+from tests.services.elasticsearch import Node
+
+LOGS = "logs-kubernetes.container-default"
+DEAD_LETTERS = "logs-observer.dead_letter-default"
+
+
+def agent_config(tmp_path: Path, es: Node, **elasticsearch: Any) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "node_name": "node-a",
+            "state_dir": str(tmp_path / "state"),
+            "sources": {"pod_logs": {"root": str(tmp_path / "pods"), "max_line_bytes": "64KiB"}},
+            "sinks": {
+                "file": {"path": str(tmp_path / "out.jsonl")},
+                "elasticsearch": {
+                    "hosts": [es.url],
+                    "setup": {"number_of_replicas": 0},
+                    **elasticsearch,
+                },
+            },
+        }
+    )
+
+
+def stored(es: Node, index: str) -> list[dict[str, Any]]:
+    """Every document of a data stream, with its _id, in a stable order."""
+    es.request("POST", f"/{index}/_refresh")
+    response = es.request(
+        "POST",
+        f"/{index}/_search",
+        {
+            "size": 10000,
+            "sort": [{"log.offset": "asc"}, {"_doc": "asc"}],
+            "seq_no_primary_term": False,
+        },
+    )
+    return response["hits"]["hits"]
+
+
+def file_sink_documents(tmp_path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[PodLogTree]:
+    pods = PodLogTree(tmp_path / "pods")
+    yield pods
+    pods.close()
+
+
+def edge_cases(tree: PodLogTree) -> None:
+    """One file per kind of trouble the collection issue names."""
+    web = tree.container("shop", "web-1", "app")
+    web.write(["plain text", "x" * 40_000])  # a 16 KiB-split line
+    web.write_interleaved("o" * 20_000, "e" * 20_000)  # partials of both streams interleaved
+    web.write(['{"level":"WARN","msg":"slow","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}'])
+    web.write_raw(b"2026-11-21T10:00:00.123456789Z stdout F caf\xc3\xa9 \xff\xfe\n")
+    web.write_raw(b"this is not a CRI line\n")
+    web.write(["y" * 70_000])  # longer than max_line_bytes: truncated and marked
+    web.rotate()
+    web.write(["after rotation"])
+    web.restart_container()
+    web.write(["after restart"])
+    docker = tree.container("kube-system", "dns-1", "dns")
+    docker.write_raw(
+        b'{"log":"emoji \\ud83d\\ude00 and \\"quotes\\"\\n","stream":"stderr","time":"2026-11-21T10:00:01.000000001Z"}\n'
+        b'{"log":"split ","stream":"stdout","time":"2026-11-21T10:00:02Z"}\n'
+        b'{"log":"line\\n","stream":"stdout","time":"2026-11-21T10:00:03Z"}\n'
+    )
+
+
+async def test_every_document_is_stored_once_with_its_fields(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """`agent --once` over every edge case: Elasticsearch holds exactly the documents the file sink wrote."""
+    edge_cases(tree)
+    config = agent_config(tmp_path, es)
+    await app.run(config, once=True)
+
+    expected = file_sink_documents(tmp_path)
+    hits = stored(es, LOGS)
+    assert len(hits) == len(expected) == 12
+    by_content = {orjson.dumps(hit["_source"], option=orjson.OPT_SORT_KEYS) for hit in hits}
+    assert by_content == {orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) for doc in expected}
+    assert len({hit["_id"] for hit in hits}) == len(hits)
+
+    nanos = es.request(
+        "POST",
+        f"/{LOGS}/_search",
+        {
+            "query": {"match_phrase": {"message": "café"}},
+            "fields": [{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
+        },
+    )["hits"]["hits"]
+    assert nanos[0]["fields"]["@timestamp"] == ["2026-11-21T10:00:00.123456789Z"]
+    warn = [hit["_source"] for hit in hits if hit["_source"].get("log", {}).get("level")]
+    assert warn[0]["trace"]["id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert warn[0]["data_stream"] == {
+        "type": "logs",
+        "dataset": "kubernetes.container",
+        "namespace": "default",
+    }
+    malformed = [hit["_source"] for hit in hits if "error" in hit["_source"]]
+    assert [doc["message"] for doc in malformed] == ["this is not a CRI line"]
+
+    # A second run over the same files (no checkpoints: a lost state directory) stores nothing new.
+    (tmp_path / "state" / STATE_FILE).unlink()
+    await app.run(config, once=True)
+    assert len(stored(es, LOGS)) == len(expected)
+
+
+async def test_a_refused_document_goes_to_the_dead_letter_store_and_the_checkpoint_moves_on(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """1 line in 500 conflicts with the cluster's mapping: 499 stored, 1 dead-lettered, none retried."""
+    # A cluster managed elsewhere maps an application field strictly.
+    settings = ElasticsearchSinkConfig(hosts=[es.url])
+    for name, body in index_templates(settings, lifecycle=None).items():
+        if "observer.dead_letter" not in name:
+            body["template"]["mappings"] = dict(body["template"]["mappings"])
+            body["template"]["mappings"]["properties"] = {
+                **body["template"]["mappings"]["properties"],
+                "json": {"properties": {"status": {"type": "long"}}},
+            }
+        es.request("PUT", f"/_index_template/{name}", body)
+    web = tree.container("shop", "web-1", "app")
+    lines = [
+        json.dumps({"msg": f"request {i}", "status": "teapot" if i == 250 else 200})
+        for i in range(500)
+    ]
+    web.write(lines)
+
+    config = agent_config(tmp_path, es, setup={"enabled": False})
+    stats = await run_with_metrics(config)
+
+    documents = stored(es, LOGS)
+    assert len(documents) == 499
+    assert "request 250" not in {hit["_source"]["message"] for hit in documents}
+    (letter,) = [hit["_source"] for hit in stored(es, DEAD_LETTERS)]
+    assert letter["error"]["type"] in ("document_parsing_exception", "mapper_parsing_exception")
+    assert "json.status" in letter["error"]["message"]
+    assert json.loads(letter["event"]["original"])["message"] == "request 250"
+    assert letter["observer"]["target"] == LOGS
+    assert stats.get('observer_elasticsearch_items_total{outcome="retried"', 0) == 0
+    assert (
+        stats[
+            'observer_records_dead_lettered_total{reason="document_parsing_exception",store="elasticsearch"}'
+        ]
+        == 1
+    )
+    state = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+    (checkpoint,) = state["files"].values()
+    assert checkpoint["offset"] == web.path.stat().st_size
+
+
+async def run_with_metrics(config: AgentConfig) -> dict[str, float]:
+    """Run `--once`; return the agent's samples by name and labels, and summed by first label."""
+    registry = CollectorRegistry()
+    await app.run(config, once=True, registry=registry)
+    samples: dict[str, float] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            labels = [f'{k}="{v}"' for k, v in sample.labels.items()]
+            samples[f"{sample.name}{{{','.join(labels)}}}"] = sample.value
+            if labels:
+                first = f"{sample.name}{{{labels[0]}"
+                samples[first] = samples.get(first, 0) + sample.value
+    return samples
+
+
+async def test_setup_installs_templates_once_and_survives_a_cluster_without_ilm(
+    tmp_path: Path, es: Node, tree: PodLogTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Templates are installed at start and left alone when current; missing ILM is a warning."""
+    tree.container("shop", "web-1", "app").write(["hello"])
+    config = agent_config(tmp_path, es)
+    await app.run(config, once=True)
+
+    templates = {
+        t["name"]: t["index_template"]
+        for t in es.request("GET", "/_index_template")["index_templates"]
+    }
+    logs = templates["observer-logs-kubernetes.container"]
+    assert logs["index_patterns"] == ["logs-kubernetes.container-*"]
+    assert logs["template"]["mappings"]["properties"]["@timestamp"] == {"type": "date_nanos"}
+    assert "observer-logs-observer.dead_letter" in templates
+    assert "no index lifecycle management" in caplog.text
+    mapping = es.request("GET", f"/{LOGS}/_mapping")
+    (backing,) = mapping.values()
+    assert backing["mappings"]["properties"]["json"]["type"] == "flattened"
+
+    # An operator's edit under the same template version is kept.
+    logs["template"]["settings"]["index"]["refresh_interval"] = "5s"
+    es.request("PUT", "/_index_template/observer-logs-kubernetes.container", logs)
+    await app.run(config, once=True)
+    again = es.request("GET", "/_index_template/observer-logs-kubernetes.container")
+    assert (
+        again["index_templates"][0]["index_template"]["template"]["settings"]["index"][
+            "refresh_interval"
+        ]
+        == "5s"
+    )
+
+
+async def test_documents_are_routed_to_a_data_stream_per_namespace(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """namespace_from: kubernetes.namespace sends each namespace's lines to its own data stream."""
+    tree.container("shop", "web-1", "app").write(["from shop"])
+    tree.container("kube-system", "dns-1", "dns").write(["from kube-system"])
+    config = agent_config(tmp_path, es, data_stream={"namespace_from": "kubernetes.namespace"})
+    await app.run(config, once=True)
+
+    assert [h["_source"]["message"] for h in stored(es, "logs-kubernetes.container-shop")] == [
+        "from shop"
+    ]
+    kube_system = stored(es, "logs-kubernetes.container-kube_system")
+    assert [h["_source"]["data_stream"]["namespace"] for h in kube_system] == ["kube_system"]
