@@ -82,6 +82,16 @@ class CheckpointStore:
         checkpoint = self.checkpoints.get(key)
         return checkpoint.offset if checkpoint else None
 
+    def resume_offset(self, key: str) -> int | None:
+        """Where reading a file resumes: after its last batch handed over, else the checkpoint.
+
+        A file closed and opened again within one run (a rotated file that the runtime
+        appended to after the tailer closed it) may still have batches unacknowledged;
+        reading again from the checkpoint would deliver them twice.
+        """
+        pending = self._pending.get(key)
+        return pending[-1].end if pending else self.offset(key)
+
     def track(self, key: str, path: str, offset: int) -> None:
         """Start tracking a file whose delivery begins (or resumes) at `offset`."""
         self._pending.setdefault(key, deque())

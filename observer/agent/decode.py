@@ -13,20 +13,28 @@ Partials are merged per stream: stdout and stderr parts interleave in one file. 
 line longer than ``max_line_bytes`` is truncated and marked. Bytes that are not UTF-8 become
 U+FFFD. A line in neither format is kept with its raw text and an ``error.message``.
 
+Then, when a `Joiner` is given, the lines of a stack trace are joined into one document
+per stream (`observer.agent.multiline`), marked ``log.flags: ["multiline"]``. A group still
+open waits for its next line, or for `flush` once its stream has been quiet for a while.
+
 Documents use the field names of Filebeat's Kubernetes integration (ECS), so existing
 Kibana content works: ``@timestamp`` (the source's string, nanoseconds kept), ``message``,
-``stream``, ``log.file.path``, ``log.offset``, ``kubernetes.*``, ``container.*``.
-Per-file metadata dicts are shared by every document of the file, never copied.
+``stream``, ``log.file.path``, ``log.offset``, ``log.flags``, ``kubernetes.*``,
+``container.*``. Per-file metadata dicts are shared by every document of the file, never copied.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from observer.agent.multiline import Emit, Joiner
 
 Document = dict[str, Any]
 
@@ -91,12 +99,25 @@ class _Partial:
 class Decoder:
     """Decodes the complete lines of one file, in order, keeping partials between calls."""
 
-    def __init__(self, origin: Origin, max_line_bytes: int, counts: DecodeCounts | None = None):
+    def __init__(
+        self,
+        origin: Origin,
+        max_line_bytes: int,
+        counts: DecodeCounts | None = None,
+        joiner: Joiner | None = None,
+    ):
         self.origin = origin
         self.max_line_bytes = max_line_bytes
         self.counts = counts if counts is not None else DecodeCounts()
         self.format: str | None = None
         self._pending: dict[str, _Partial] = {}
+        self._joiner = joiner
+        # The joiner's state and its start prefilter, bound once: every line checks them.
+        self._joining: Collection[str] = joiner.groups if joiner else ()
+        self._may_start: Callable[[bytes], bool] = (
+            joiner.rules.may_start if joiner else _never_starts
+        )
+        self._now = 0.0
         self._file = {"path": origin.path}
         self._kubernetes = {
             "namespace": origin.namespace,
@@ -106,11 +127,36 @@ class Decoder:
         self._container = {"restart_count": origin.restart_count}
 
     def resume_offset(self, end: int) -> int:
-        """Where reading must restart to lose nothing: the oldest pending partial, else `end`."""
-        return min((partial.offset for partial in self._pending.values()), default=end)
+        """Where reading must restart to lose nothing: the oldest line not yet in a document
+        (a pending partial, or the start of a stack trace still being joined), else `end`."""
+        resume = min((partial.offset for partial in self._pending.values()), default=end)
+        if self._joiner is not None:
+            resume = min(resume, self._joiner.oldest_offset(default=resume))
+        return resume
 
-    def decode(self, data: bytes, offset: int) -> list[Document]:
-        """Decode `data` (whole lines, each ending in a newline) that starts at byte `offset`."""
+    @property
+    def joining(self) -> bool:
+        """A stack trace is being joined: `flush` will emit it once its stream is quiet."""
+        return self._joiner is not None and bool(self._joiner.groups)
+
+    def flush(self, now: float | None) -> list[Document]:
+        """Stack traces whose stream had no line for the joiner's `max_wait` up to `now`;
+        every one when `now` is None (the file is finished). Partials are kept: their
+        closing part may still come, and the resume offset stays before them."""
+        documents: list[Document] = []
+        if self._joiner is not None and self._joiner.groups:
+            emitted: list[Emit] = []
+            self._joiner.flush(now, emitted)
+            self._joined(emitted, documents)
+        return documents
+
+    def decode(self, data: bytes, offset: int, now: float = 0.0) -> list[Document]:
+        """Decode `data` (whole lines, each ending in a newline) that starts at byte `offset`.
+
+        `now` (seconds, any monotonic clock) is when the data was read: a stack trace whose
+        stream has been quiet for the joiner's `max_wait` by then is emitted at the end.
+        """
+        self._now = now
         documents: list[Document] = []
         position = offset
         for line in data.split(b"\n")[:-1]:
@@ -124,6 +170,8 @@ class Decoder:
                 self._cri_line(line, line_offset, documents)
             else:
                 self._docker_line(line, line_offset, documents)
+        if self._joiner is not None and self._joiner.groups:
+            documents += self.flush(now)
         return documents
 
     def _cri_line(self, line: bytes, offset: int, out: list[Document]) -> None:
@@ -169,7 +217,11 @@ class Decoder:
     ) -> None:
         pending = self._pending.get(stream)
         if pending is None and not partial:
-            out.append(self._document(timestamp, stream, body, offset))
+            # The common case, inlined: a whole line, no stack trace on its way.
+            if stream not in self._joining and not self._may_start(body):
+                out.append(self._document(timestamp, stream, body, offset))
+            else:
+                self._line(timestamp, stream, body, offset, out)
             return
         if pending is None:
             pending = self._pending[stream] = _Partial(offset, timestamp)
@@ -179,11 +231,28 @@ class Decoder:
         pending.size += len(body)
         if not partial:
             del self._pending[stream]
-            out.append(
-                self._document(pending.timestamp, stream, b"".join(pending.parts), pending.offset)
-            )
+            self._line(pending.timestamp, stream, b"".join(pending.parts), pending.offset, out)
 
-    def _document(self, timestamp: str, stream: str, body: bytes, offset: int) -> Document:
+    def _line(
+        self, timestamp: str, stream: str, body: bytes, offset: int, out: list[Document]
+    ) -> None:
+        """A whole line of a stream: a document now, or a part of a stack trace being joined."""
+        joiner = self._joiner
+        if joiner is None or (stream not in joiner.groups and not joiner.rules.may_start(body)):
+            out.append(self._document(timestamp, stream, body, offset))
+            return
+        emitted: list[Emit] = []
+        joiner.push(stream, timestamp, body, offset, self._now, emitted)
+        if emitted:
+            self._joined(emitted, out)
+
+    def _joined(self, emitted: list[Emit], out: list[Document]) -> None:
+        for stream, timestamp, body, offset, joined in emitted:
+            out.append(self._document(timestamp, stream, body, offset, joined))
+
+    def _document(
+        self, timestamp: str, stream: str, body: bytes, offset: int, joined: bool = False
+    ) -> Document:
         self.counts.lines += 1
         truncated = len(body) > self.max_line_bytes
         if truncated:
@@ -206,7 +275,9 @@ class Decoder:
         }
         if truncated:
             document["message"] = message + TRUNCATED_MARK
-            document["log"]["flags"] = ["truncated"]
+            document["log"]["flags"] = ["truncated", "multiline"] if joined else ["truncated"]
+        elif joined:
+            document["log"]["flags"] = ["multiline"]
         elif message.startswith("{") and message.endswith("}"):
             parse_json_body(document, message)
         return document
@@ -216,6 +287,8 @@ class Decoder:
         self.counts.lines += 1
         out.append(
             {
+                # The line has no time of its own; data streams require one: when it was read.
+                "@timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "message": line[: self.max_line_bytes].decode(errors="replace"),
                 "log": {"file": self._file, "offset": offset},
                 "kubernetes": self._kubernetes,
@@ -223,6 +296,10 @@ class Decoder:
                 "error": {"message": why},
             }
         )
+
+
+def _never_starts(body: bytes) -> bool:
+    return False
 
 
 _MESSAGE_KEYS = ("msg", "message", "log")

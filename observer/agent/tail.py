@@ -18,6 +18,23 @@ How nothing is lost:
   between two scans). Compressed rotations (.gz) are not read.
 - Reading stops when the queue to the sinks is full: the files are the buffer.
 
+When something is lost anyway, it is counted: a ``.gz`` whose uncompressed source was not
+read to its end before it was compressed and deleted (the agent was down, or the file was
+created and rotated twice between scans). The kubelet writes ``<name>.tmp``, renames it to
+``<name>.gz`` and only then deletes ``<name>`` (container_log_manager.go, compressLog), so
+a ``.gz`` seen is complete and its trailer holds the source's size (ISIZE, RFC 1952, modulo
+2^32). Its first line names the source's checkpoint (the same checksum as the file's
+fingerprint, in the same directory): the bytes past the checkpoint are lost; with no
+checkpoint, all of them, unless the agent is starting with no state at all (a first
+install does not count the node's history as lost). Each ``.gz`` accounted for gets a
+checkpoint of its own (key ``gz:<device>:<inode>:<crc>``) so a restart does not count it
+again; it is pruned with the file.
+
+Stack traces are joined by each file's decoder; a trace still open when its stream goes
+quiet is emitted after ``multiline.max_wait``, checked when a read finds no new data and
+after each read, and at once when the file is finished (closed, or at its end with
+``--once``). Until then the checkpoint stays at the trace's first line.
+
 Discovery is a scan of the tree (symlinks are never followed), woken by inotify through
 watchdog and repeated on a timer in case an event was missed.
 """
@@ -30,13 +47,15 @@ import fnmatch
 import logging
 import os
 import stat
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.decode import DecodeCounts, Decoder, Document, Origin
+from observer.agent.multiline import Joiner, rules_for
 from observer.config import PodLogFilter, PodLogsConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +78,8 @@ class TailCounts:
     files_closed: int = 0
     truncations: int = 0
     bytes_read: int = 0
+    bytes_lost_to_rotation: int = 0
+    """Bytes of rotated files compressed and deleted before they were read (see above)."""
     decode: DecodeCounts = field(default_factory=DecodeCounts)
 
 
@@ -73,6 +94,13 @@ class TailedFile:
     """The next byte to read; lines before it are decoded or in the decoder's partials."""
     decoder: Decoder
     idle_polls: int = 0
+    gone: bool = False
+    """The last scan did not find it: deleted (compressed) before a scan saw its new name."""
+
+    @property
+    def live(self) -> bool:
+        """The runtime may still write to it: not rotated away, as far as the scans know."""
+        return not self.gone and self.path.name.endswith(".log")
 
     @property
     def container_directory(self) -> Path:
@@ -81,12 +109,55 @@ class TailedFile:
 
 def fingerprint(handle: int, device_inode: tuple[int, int]) -> str | None:
     """Device, inode and a checksum of the first line; None until a first line exists."""
-    head = os.pread(handle, FINGERPRINT_BYTES, 0)
+    checksum = _first_line_checksum(os.pread(handle, FINGERPRINT_BYTES, 0))
+    if checksum is None:
+        return None
+    return f"{device_inode[0]}:{device_inode[1]}:{checksum}"
+
+
+def _first_line_checksum(head: bytes) -> str | None:
+    """crc32 of the first line (at most FINGERPRINT_BYTES of it), given the file's head."""
+    head = head[:FINGERPRINT_BYTES]
     newline = head.find(b"\n")
     if newline < 0 and len(head) < FINGERPRINT_BYTES:
         return None
     first = head if newline < 0 else head[:newline]
-    return f"{device_inode[0]}:{device_inode[1]}:{zlib.crc32(first):08x}"
+    return f"{zlib.crc32(first):08x}"
+
+
+def gzip_head_and_size(handle: int, size: int) -> tuple[bytes, int]:
+    """The first FINGERPRINT_BYTES of a gzip file's content, and the content's size
+    modulo 2^32 (ISIZE, the last four bytes: RFC 1952, section 2.3.1)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    head = b""
+    position = 0
+    while len(head) < FINGERPRINT_BYTES and position < size and not inflater.eof:
+        chunk = os.pread(handle, 16384, position)
+        if not chunk:
+            break
+        position += len(chunk)
+        head += inflater.decompress(chunk, FINGERPRINT_BYTES - len(head))
+    trailer = os.pread(handle, 4, size - 4) if size >= 4 else b""
+    return head, int.from_bytes(trailer, "little")
+
+
+def multiline_joiner(settings: PodLogsConfig, origin: Origin) -> Joiner | None:
+    """The multiline settings of one file: the first override that matches it, else the defaults."""
+    multiline = settings.multiline
+    enabled, languages = multiline.enabled, multiline.languages
+    for override in multiline.overrides:
+        if selected(origin, override, _NOTHING):
+            enabled = enabled if override.enabled is None else override.enabled
+            languages = languages if override.languages is None else override.languages
+            break
+    if not enabled or not languages:
+        return None
+    return Joiner(
+        rules_for(frozenset(languages)),
+        multiline.max_lines,
+        settings.max_line_bytes,
+        multiline.max_wait,
+    )
 
 
 def selected(origin: Origin, include: PodLogFilter, exclude: PodLogFilter) -> bool:
@@ -106,6 +177,9 @@ def selected(origin: Origin, include: PodLogFilter, exclude: PodLogFilter) -> bo
     return matches(include, True) and not matches(exclude, False)
 
 
+_NOTHING = PodLogFilter()
+
+
 class Tailer:
     """Reads every selected file of the tree into batches on `queue`, in order per file."""
 
@@ -114,15 +188,22 @@ class Tailer:
         settings: PodLogsConfig,
         checkpoints: CheckpointStore,
         queue: asyncio.Queue[Batch],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.root = settings.root
         self.checkpoints = checkpoints
         self.queue = queue
+        self.clock = clock
         self.counts = TailCounts()
         self.files: dict[tuple[int, int], TailedFile] = {}
         self._ignored: set[tuple[int, int, int]] = set()
         """(device, inode, size) of rotated files read to their end and closed."""
+        self._compressed: set[tuple[int, int]] = set()
+        """(device, inode) of .gz files already accounted for, so scans skip them."""
+        self._first_install = not checkpoints.checkpoints
+        """No state at all at start: compressed files on disk are history, not loss."""
+        self._once = False
         self._wake = asyncio.Event()
         self._rescan = False
 
@@ -138,6 +219,7 @@ class Tailer:
         """Follow the tree until cancelled; with `once`, return when every file is at its end."""
         loop = asyncio.get_running_loop()
         next_scan = 0.0
+        self._once = once
         try:
             while True:
                 self._wake.clear()
@@ -146,7 +228,7 @@ class Tailer:
                     self.scan()
                     next_scan = loop.time() + self.settings.rescan_interval
                 progressed = await self.read_all()
-                self.close_finished(once)
+                await self.close_finished(once)
                 if once and not progressed:
                     return
                 if not progressed:
@@ -181,16 +263,30 @@ class Tailer:
 
     def scan(self) -> None:
         present = set()
+        compressed = []
         for path, info in self._candidates():
             present.add((info.st_dev, info.st_ino, info.st_size))
-            self._consider(path, info)
+            if path.name.endswith(".gz"):
+                compressed.append((path, info))
+            else:
+                self._consider(path, info)
         self._ignored &= present  # forget files that are gone, so the set stays small
+        seen = {(device, inode) for device, inode, _ in present}
+        for tailed in self.files.values():
+            tailed.gone = tailed.device_inode not in seen
+        # After every file was considered: a source still on disk is open by now.
+        self._account_compressed(compressed)
+        self._first_install = False
 
     def _consider(self, path: Path, info: os.stat_result) -> None:
         device_inode = (info.st_dev, info.st_ino)
         tailed = self.files.get(device_inode)
         if tailed is not None:
-            tailed.path = path  # renamed by rotation: same file, new name
+            if tailed.path != path:
+                # Renamed by rotation: same file, new name, which the checkpoint follows so
+                # that it is pruned (or its .gz accounted for) under the name it ends with.
+                tailed.path = path
+                self.checkpoints.track(tailed.key, str(path), tailed.offset)
             return
         if (info.st_dev, info.st_ino, info.st_size) in self._ignored:
             return
@@ -209,12 +305,16 @@ class Tailer:
         if key is None:
             os.close(handle)  # no complete first line yet; the next scan tries again
             return
-        offset = self.checkpoints.offset(key)
-        offset = offset or 0
+        offset = self.checkpoints.resume_offset(key) or 0
         if offset > info.st_size:
             offset = 0  # truncated while we were away (copytruncate): all of it is new
         self.checkpoints.track(key, str(path), offset)
-        decoder = Decoder(origin, self.settings.max_line_bytes, self.counts.decode)
+        decoder = Decoder(
+            origin,
+            self.settings.max_line_bytes,
+            self.counts.decode,
+            multiline_joiner(self.settings, origin),
+        )
         self.files[device_inode] = TailedFile(
             key, path, origin, handle, device_inode, offset, decoder
         )
@@ -230,10 +330,14 @@ class Tailer:
         for tailed in sorted(self.files.values(), key=_reading_order):
             # A container's rotated file is read to its end before its current file.
             if tailed.container_directory in draining:
+                # Not polled, so not known to be at its end: it must not be closed as idle
+                # (a deleted file with unread lines would lose them).
+                tailed.idle_polls = 0
                 continue
             read = await self._read(tailed)
             progressed |= read
-            if read and not tailed.path.name.endswith(".log"):
+            # A stack trace still held counts as unread: it goes before the newer file's lines.
+            if (read or tailed.decoder.joining) and not tailed.live:
                 draining.add(tailed.container_directory)
         return progressed
 
@@ -241,17 +345,31 @@ class Tailer:
         data, advance = self._whole_lines(tailed)
         if not advance:
             tailed.idle_polls += 1
+            if tailed.decoder.joining:
+                # A stack trace still open: emit it once its stream is quiet (at once with
+                # --once, where this is the end of the file).
+                return await self._flush(tailed, None if self._once else self.clock())
             return False
         tailed.idle_polls = 0
         start = tailed.offset
-        documents = tailed.decoder.decode(data, start)
+        documents = tailed.decoder.decode(data, start, self.clock())
         tailed.offset = start + advance
         self.counts.bytes_read += advance
+        await self._hand_over(tailed, documents)
+        return True
+
+    async def _flush(self, tailed: TailedFile, now: float | None) -> bool:
+        """Hand over the stack traces the decoder still holds (every one when `now` is None)."""
+        documents = tailed.decoder.flush(now)
+        if documents:
+            await self._hand_over(tailed, documents)
+        return bool(documents)
+
+    async def _hand_over(self, tailed: TailedFile, documents: list[Document]) -> None:
         handover = self.checkpoints.hand_over(
             tailed.key, tailed.decoder.resume_offset(tailed.offset)
         )
         await self.queue.put(Batch(documents, handover))
-        return True
 
     def _whole_lines(self, tailed: TailedFile) -> tuple[bytes, int]:
         """The complete lines after the offset, and how many bytes of the file they span.
@@ -275,18 +393,31 @@ class Tailer:
 
     # --- closing -------------------------------------------------------------------------
 
-    def close_finished(self, once: bool) -> None:
+    async def close_finished(self, once: bool) -> None:
         """Close files that are drained and will not grow: deleted, or rotated away."""
         for tailed in list(self.files.values()):
             if tailed.idle_polls == 0:
                 continue
             info = os.fstat(tailed.handle)
             if info.st_size < tailed.offset:
+                await self._flush(tailed, None)
                 self._truncated(tailed, info)
                 continue
             # The runtime may append to a renamed file until it reopens: wait one more poll.
             settled = once or tailed.idle_polls > 1
             if settled and (info.st_nlink == 0 or self._rotated_away(tailed)):
+                # No line will come to end a stack trace; emitted first, so that what the
+                # resume offset holds back below is only a partial line.
+                await self._flush(tailed, None)
+                if (
+                    not once
+                    and info.st_nlink
+                    and tailed.decoder.resume_offset(tailed.offset) < tailed.offset
+                ):
+                    # A partial line's last part may still come: the runtime writes to the
+                    # renamed file until it reopens. Reopened after it grew, the file would
+                    # be read again from the partial, repeating the lines that followed it.
+                    continue
                 self._close(tailed)
                 # Finished: its checkpoint remembers that across restarts, this set
                 # spares reopening it at every scan until it is compressed away.
@@ -312,7 +443,11 @@ class Tailer:
         self._open(tailed.path, info, tailed.origin)
 
     def stale_checkpoints(self) -> list[str]:
-        """Checkpoints of files that are closed, settled, and no longer on disk."""
+        """Checkpoints of files that are closed, settled, and no longer on disk.
+
+        A file compressed into ``<path>.gz`` keeps its checkpoint until a scan has
+        accounted for the .gz (which then forgets it): it tells how much was read.
+        """
         open_keys = {tailed.key for tailed in self.files.values()}
         return [
             key
@@ -320,7 +455,76 @@ class Tailer:
             if key not in open_keys
             and not self.checkpoints.has_pending(key)
             and not os.path.lexists(checkpoint.path)
+            and not os.path.lexists(checkpoint.path + ".gz")
         ]
+
+    # --- compressed rotations: what was lost -----------------------------------------------
+
+    def _account_compressed(self, compressed: list[tuple[Path, os.stat_result]]) -> None:
+        """Count the bytes of each new .gz that were never read (see the module docstring)."""
+        self._compressed &= {(info.st_dev, info.st_ino) for _, info in compressed}
+        sources: dict[tuple[str, str], str] | None = None
+        open_keys = {tailed.key for tailed in self.files.values()}
+        for path, info in compressed:
+            device_inode = (info.st_dev, info.st_ino)
+            if device_inode in self._compressed:
+                continue
+            source = path.with_name(path.name.removesuffix(".gz"))
+            origin = Origin.from_path(self.root, source)
+            if origin is None or not selected(origin, self.settings.include, self.settings.exclude):
+                self._compressed.add(device_inode)  # not a log this agent reads
+                continue
+            try:
+                handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                key = f"gz:{device_inode[0]}:{device_inode[1]}:{zlib.crc32(os.pread(handle, FINGERPRINT_BYTES, 0)):08x}"
+                if key in self.checkpoints.checkpoints:  # accounted for before a restart
+                    self._compressed.add(device_inode)
+                    continue
+                head, size = gzip_head_and_size(handle, info.st_size)
+            except (OSError, zlib.error):
+                head, size = b"", 0
+            finally:
+                os.close(handle)
+            if sources is None:
+                sources = self._checkpoints_by_first_line()
+            checksum = _first_line_checksum(head)
+            read = sources.get((str(path.parent), checksum)) if checksum else None
+            if read is not None:
+                if read in open_keys or self.checkpoints.has_pending(read):
+                    continue  # still being read through its descriptor: judge once closed
+                if os.path.lexists(source):
+                    continue  # the kubelet deletes the source just after; judge then
+                offset = self.checkpoints.offset(read) or 0
+                lost, why = max(0, size - offset), "compressed before it was read to its end"
+                self.checkpoints.forget(read)
+            elif self._first_install:
+                lost, why = 0, ""
+            else:
+                lost, why = size, "created, rotated and compressed without being read"
+            self.checkpoints.track(key, str(path), info.st_size)
+            self._compressed.add(device_inode)
+            if lost:
+                self._lost_to_rotation(path, lost, why)
+
+    def _checkpoints_by_first_line(self) -> dict[tuple[str, str], str]:
+        """Checkpoint keys of log files by (directory, first-line checksum)."""
+        found = {}
+        for key, checkpoint in self.checkpoints.checkpoints.items():
+            if key.startswith("gz:"):
+                continue
+            directory, _, _ = checkpoint.path.rpartition("/")
+            found[(directory, key.rpartition(":")[2])] = key
+        return found
+
+    def _lost_to_rotation(self, path: Path, lost: int, why: str) -> None:
+        self.counts.bytes_lost_to_rotation += lost
+        log.warning(
+            "Log lines were lost: a rotated file was compressed before it was read.",
+            extra={"path": str(path), "bytes_lost": lost, "reason": why},
+        )
 
     def _close(self, tailed: TailedFile) -> None:
         os.close(tailed.handle)
@@ -328,9 +532,10 @@ class Tailer:
         self.counts.files_closed += 1
 
 
-def _reading_order(tailed: TailedFile) -> tuple[Path, int, str]:
+def _reading_order(tailed: TailedFile) -> tuple[Path, int, int, str]:
     # Within a container directory: rotated files (0.log.<time>) before live ones (0.log).
-    return (tailed.container_directory, int(tailed.path.name.endswith(".log")), tailed.path.name)
+    # A file gone from the tree is older than every rotated file still there.
+    return (tailed.container_directory, int(tailed.live), int(not tailed.gone), tailed.path.name)
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:
