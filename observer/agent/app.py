@@ -73,6 +73,11 @@ class TailMetrics(Collector):
             "Log files found truncated (copytruncate).",
             value=counts.truncations,
         )
+        yield CounterMetricFamily(
+            metric_name("log_bytes_lost_to_rotation"),
+            "Bytes of rotated log files compressed or deleted before they were read.",
+            value=counts.bytes_lost_to_rotation,
+        )
         yield GaugeMetricFamily(
             metric_name("log_files_open"), "Log files being tailed.", value=self.open_files()
         )
@@ -177,6 +182,8 @@ async def run(
         await asyncio.wait({reading})  # unlike awaiting it, never swallows our own cancellation
         drained = asyncio.create_task(queue.join())
         draining: set[asyncio.Future[Any]] = {drained, failure}
+        if once:  # everything read is delivered, however long it takes, unless told to stop
+            await asyncio.wait({*draining, stopping}, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.wait(
             draining, timeout=config.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
         )

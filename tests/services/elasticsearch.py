@@ -31,6 +31,11 @@ class Node:
     def stop(self) -> None:
         self.process.stop()
 
+    def restart(self) -> None:
+        """Start the stopped node again: same port, same data."""
+        self.process.start()
+        self.process.wait_ready(lambda: _healthy(self.url), timeout=120)
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)  # noqa: S310
@@ -50,11 +55,13 @@ class Node:
                 self.request("DELETE", f"/_index_template/{template['name']}")
 
 
-def start(workdir: Path, heap: str = "512m") -> Node:
+def start(workdir: Path, heap: str = "512m", settings: dict[str, str] | None = None) -> Node:
+    """A node of its own; `settings` are passed as -E name=value (e.g. tiny write queues)."""
     java = require_binary("Elasticsearch", "java")
     if not (ELASTICSEARCH_HOME / "jars").is_dir():
         require_binary("Elasticsearch", ELASTICSEARCH_HOME / "jars")
     port = free_port()
+    extra = [arg for name, value in (settings or {}).items() for arg in ("-E", f"{name}={value}")]
     process = ServiceProcess(
         "Elasticsearch",
         [
@@ -69,6 +76,7 @@ def start(workdir: Path, heap: str = "512m") -> Node:
             str(port),
             "--home",
             str(workdir),
+            *extra,
         ],
         workdir / "elasticsearch.log",
     )

@@ -29,6 +29,8 @@ def connect(settings: ElasticsearchConfig, compress_requests: bool = True) -> As
         "http_compress": compress_requests,
         "retry_on_timeout": True,
         "max_retries": 0,
+        # A 429 is the cluster pacing us, not a node failing: no failover, no dead node.
+        "retry_on_status": (502, 503, 504),
         "serializers": {
             "application/json": orjson_serializer,
             "application/vnd.elasticsearch+json": orjson_serializer,
