@@ -17,6 +17,7 @@ from observer.config import AgentConfig, ElasticsearchSinkConfig
 from observer.sinks.elasticsearch.setup import index_templates
 from observer.testing import PodLogTree
 from tests.services.elasticsearch import Node
+from tests.services.process import free_port
 
 LOGS = "logs-kubernetes.container-default"
 DEAD_LETTERS = "logs-observer.dead_letter-default"
@@ -234,3 +235,22 @@ async def test_documents_are_routed_to_a_data_stream_per_namespace(
     ]
     kube_system = stored(es, "logs-kubernetes.container-kube_system")
     assert [h["_source"]["data_stream"]["namespace"] for h in kube_system] == ["kube_system"]
+
+
+async def test_a_dead_host_in_the_list_fails_over_to_a_live_one(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """With the first configured host refusing connections, every document still arrives once."""
+    tree.container("shop", "web-1", "app").write([f"line {i}" for i in range(2000)])
+    config = agent_config(
+        tmp_path,
+        es,
+        hosts=[f"http://127.0.0.1:{free_port()}", es.url],
+        retry={"initial_backoff": "10ms", "max_backoff": "200ms"},
+        bulk={"max_documents": 100},
+    )
+    await app.run(config, once=True)
+
+    assert sorted(hit["_source"]["message"] for hit in stored(es, LOGS)) == sorted(
+        f"line {i}" for i in range(2000)
+    )
