@@ -198,10 +198,20 @@ class ElasticsearchConfig(Section):
 
 
 class KubernetesConfig(Section):
-    """How to reach the API server: a kubeconfig file, or the pod's service account when unset."""
+    """How to reach the API server: a kubeconfig file, or the pod's service account when unset.
 
+    With `enabled` the agent keeps a cache of this node's pods and the namespaces, and adds
+    their metadata to every log record. Without credentials (no kubeconfig and not running
+    in a pod) it says so once and runs on what the log paths tell.
+    """
+
+    enabled: bool = True
     kubeconfig: Path | None = None
     context: str | None = None
+    deleted_pod_grace: Seconds = 300.0
+    """How long a deleted pod's metadata stays in the cache, for lines read after it."""
+    annotations: list[str] = []
+    """Pod annotations copied to ``kubernetes.annotations.*`` (exact keys); none by default."""
 
 
 # --- the deployables ---------------------------------------------------------------------
@@ -233,7 +243,7 @@ class BulkConfig(Section):
     max_documents: int = Field(default=5000, ge=1)
     flush_interval: Seconds = 0.2
     """How long a request waits for more documents before it is sent anyway."""
-    max_in_flight: int = Field(default=4, ge=1)
+    max_in_flight: int = Field(default=2, ge=1)
     compression_level: int = Field(default=1, ge=0, le=9)
     """gzip level of request bodies; 0 sends them uncompressed."""
 
@@ -344,7 +354,7 @@ class PodLogsConfig(Section):
     read_bytes: ByteSize = Field(default=256 << 10, ge=4096)
     poll_interval: Seconds = 0.25
     rescan_interval: Seconds = 10.0
-    queue_batches: int = Field(default=16, ge=1)
+    queue_batches: int = Field(default=4, ge=1)
     """Batches read but not yet delivered; when full, reading waits (backpressure)."""
     multiline: MultilineConfig = MultilineConfig()
 

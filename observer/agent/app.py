@@ -14,6 +14,7 @@ then is read again at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -24,17 +25,22 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from observer.agent.checkpoint import CheckpointStore
+from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.tail import Batch, TailCounts, Tailer
 from observer.config import AgentConfig
+from observer.kube.client import KubeApi
+from observer.kube.metadata import KubeMetrics, PodMetadataCache
 from observer.sinks import Sink
-from observer.sinks.elasticsearch import ElasticsearchSink
 from observer.sinks.file import FileSink
 from observer.telemetry import ReadinessCheck, TelemetryServer, build_info, metric_name
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 1.0
+INITIAL_SYNC_WAIT = 2.0
+"""At start, how long reading waits for the pod metadata cache's first list, so that a
+backlog is not sent without metadata when the API server answers quickly; reading starts
+after this anyway, and files get their metadata when it arrives."""
 
 
 class TailMetrics(Collector):
@@ -84,11 +90,20 @@ class TailMetrics(Collector):
         yield GaugeMetricFamily(
             metric_name("queue_batches"), "Batches read and not yet delivered.", value=self.queued()
         )
+        yield CounterMetricFamily(
+            metric_name("kubernetes_records_without_metadata"),
+            "Records sent with only what the log path says: their pod was unknown to the "
+            "metadata cache (not yet listed, or the API server unreachable).",
+            value=counts.records_without_metadata,
+        )
 
 
 def build_sinks(config: AgentConfig, registry: CollectorRegistry) -> list[Sink]:
     sinks: list[Sink] = []
     if config.sinks.elasticsearch is not None:
+        # Imported only when configured: the client and its transport weigh ~20 MB.
+        from observer.sinks.elasticsearch import ElasticsearchSink
+
         sinks.append(
             ElasticsearchSink(
                 config.sinks.elasticsearch, config.node_name, config.state_dir, registry
@@ -115,7 +130,12 @@ async def run(
     checkpoints.load()
     settings = config.sources.pod_logs
     queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=settings.queue_batches)
-    tailer = Tailer(settings, checkpoints, queue)
+    metadata, metadata_problem = pod_metadata_cache(config)
+    tailer = Tailer(settings, checkpoints, queue, metadata=metadata)
+    metadata_task = None
+    if metadata is not None:
+        metadata_task = asyncio.create_task(metadata.run(), name="pod metadata")
+        metadata_task.add_done_callback(_metadata_stopped)
     for sink in sinks:
         await sink.start()
     telemetry = None
@@ -125,11 +145,21 @@ async def run(
         telemetry = TelemetryServer(registry, config.telemetry.listen)
         for sink in sinks:
             telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)
+        if metadata is not None:
+            registry.register(KubeMetrics(metadata))
+        if metadata is not None or metadata_problem is not None:
+            telemetry.readiness_checks["kubernetes metadata synced"] = _metadata_readiness(
+                metadata, metadata_problem
+            )
         await telemetry.start()
+    if metadata is not None:
+        # Bounded: an unreachable API server delays the start by this much, never more.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(metadata.synced.wait(), INITIAL_SYNC_WAIT)
     failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     unacknowledged = 0
 
-    def acknowledged(batch: Batch, acknowledgements: asyncio.Future[list[None]]) -> None:
+    def acknowledged(handover: Handover, acknowledgements: asyncio.Future[list[None]]) -> None:
         if acknowledgements.cancelled():
             return
         error = acknowledgements.exception()
@@ -139,7 +169,7 @@ async def run(
             return
         nonlocal unacknowledged
         unacknowledged -= 1
-        checkpoints.settle(batch.handover)
+        checkpoints.settle(handover)
         queue.task_done()
 
     async def deliver() -> None:
@@ -148,7 +178,11 @@ async def run(
             batch = await queue.get()
             unacknowledged += 1
             waiting = [await sink.submit(batch.documents, batch.handover.key) for sink in sinks]
-            asyncio.gather(*waiting).add_done_callback(functools.partial(acknowledged, batch))
+            # Only the handover is kept until acknowledged: the documents can be freed as
+            # soon as every sink has serialised them.
+            asyncio.gather(*waiting).add_done_callback(
+                functools.partial(acknowledged, batch.handover)
+            )
 
     async def save_checkpoints() -> None:
         while True:
@@ -205,6 +239,10 @@ async def run(
             watcher.stop()
         if telemetry is not None:
             await telemetry.stop()
+        if metadata_task is not None and metadata is not None:
+            metadata_task.cancel()
+            await asyncio.wait({metadata_task})
+            await metadata.api.close()
         for sink in sinks:
             await sink.stop()
         for key in tailer.stale_checkpoints():
@@ -220,6 +258,62 @@ async def run(
             "invalid_utf8": tailer.counts.decode.invalid_utf8,
         },
     )
+
+
+def pod_metadata_cache(config: AgentConfig) -> tuple[PodMetadataCache | None, str | None]:
+    """The pod metadata cache, or None and why not (None too when there is nothing to fix).
+
+    Outside a cluster with no kubeconfig (`observer demo`, a laptop) the agent runs on the
+    log paths alone, saying so once; a kubeconfig that was asked for and cannot be loaded
+    is an error that /readyz keeps reporting.
+    """
+    settings = config.kubernetes
+    if not settings.enabled:
+        return None, None
+    if not config.node_name:
+        log.warning(
+            "node_name is not set: pod metadata is off (the cache watches this node's pods).",
+        )
+        return None, None
+    try:
+        api = KubeApi.connect(settings)
+    except Exception as error:  # lightkube raises its own ConfigError, KeyError, OSError...
+        if settings.kubeconfig is None:
+            log.warning(
+                "No Kubernetes credentials (no service account, no kubeconfig): pod "
+                "metadata is off; records carry what their log paths say.",
+                extra={"error": str(error)},
+            )
+            return None, None
+        log.error(
+            "The kubeconfig could not be loaded: pod metadata is off.",
+            extra={"kubeconfig": str(settings.kubeconfig), "error": str(error)},
+        )
+        return None, f"kubeconfig could not be loaded: {error}"
+    cache = PodMetadataCache(
+        api, config.node_name, settings.deleted_pod_grace, settings.annotations
+    )
+    return cache, None
+
+
+def _metadata_stopped(task: asyncio.Task[None]) -> None:
+    """The cache retries API failures itself; anything else is a bug, said loudly once.
+
+    Logs keep flowing: files keep the metadata they have, new pods' records are marked."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "The pod metadata cache stopped; records of pods not yet known go without it.",
+            exc_info=task.exception(),
+        )
+
+
+def _metadata_readiness(cache: PodMetadataCache | None, problem: str | None) -> ReadinessCheck:
+    async def check() -> str | None:
+        if cache is None:
+            return problem
+        return None if cache.synced.is_set() else "pods and namespaces not listed yet"
+
+    return check
 
 
 def _readiness(sink: Sink) -> ReadinessCheck:

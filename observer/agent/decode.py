@@ -126,6 +126,25 @@ class Decoder:
         }
         self._container = {"restart_count": origin.restart_count}
 
+    def set_metadata(self, kubernetes: Document | None, container: Document | None) -> None:
+        """Replace the per-file ``kubernetes`` and ``container`` parts of later documents with
+        the pod's metadata; None: what the path says, marked ``kubernetes.metadata_missing``.
+
+        New dicts, never changed in place: documents already made (queued, maybe being
+        serialised) keep the parts they were made with.
+        """
+        if kubernetes is None or container is None:
+            origin = self.origin
+            kubernetes = {
+                "namespace": origin.namespace,
+                "pod": {"name": origin.pod, "uid": origin.uid},
+                "container": {"name": origin.container},
+                "metadata_missing": True,
+            }
+            container = {"restart_count": origin.restart_count}
+        self._kubernetes = kubernetes
+        self._container = container
+
     def resume_offset(self, end: int) -> int:
         """Where reading must restart to lose nothing: the oldest line not yet in a document
         (a pending partial, or the start of a stack trace still being joined), else `end`."""
@@ -347,11 +366,11 @@ def _pop_hex_id(fields: dict[str, Any], keys: tuple[str, ...], width: int) -> st
     """
     for key in keys:
         value = fields.get(key)
-        if isinstance(value, str) and 0 < len(value) <= width:
-            try:
-                int(value, 16)
-            except ValueError:
-                return None
+        if isinstance(value, str) and len(value) <= width and _HEX.fullmatch(value):
             del fields[key]
             return value.lower().rjust(width, "0")
     return None
+
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+"""Only hex digits: int(value, 16) would also take a sign, 0x, spaces and underscores."""

@@ -52,6 +52,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.decode import DecodeCounts, Decoder, Document, Origin
@@ -72,6 +73,21 @@ class Batch:
     handover: Handover
 
 
+class PodMetadata(Protocol):
+    """Where each file's pod metadata comes from (`observer.kube.metadata.PodMetadataCache`).
+
+    Asked when a file is opened and when `version` has changed since, never per line.
+    """
+
+    version: int
+
+    def fields(
+        self, uid: str, container: str, restart_count: int
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The ``kubernetes`` and ``container`` parts of the file's documents; None: unknown."""
+        ...
+
+
 @dataclass(slots=True)
 class TailCounts:
     files_opened: int = 0
@@ -80,6 +96,8 @@ class TailCounts:
     bytes_read: int = 0
     bytes_lost_to_rotation: int = 0
     """Bytes of rotated files compressed and deleted before they were read (see above)."""
+    records_without_metadata: int = 0
+    """Documents made while their pod was unknown to the metadata cache (when there is one)."""
     decode: DecodeCounts = field(default_factory=DecodeCounts)
 
 
@@ -94,6 +112,10 @@ class TailedFile:
     """The next byte to read; lines before it are decoded or in the decoder's partials."""
     decoder: Decoder
     idle_polls: int = 0
+    metadata_version: int = -1
+    """The metadata cache's version when this file's metadata was last looked up."""
+    enriched: bool = False
+    """Its documents carry the pod's metadata (kept once found, also after the pod is gone)."""
     gone: bool = False
     """The last scan did not find it: deleted (compressed) before a scan saw its new name."""
 
@@ -189,16 +211,18 @@ class Tailer:
         checkpoints: CheckpointStore,
         queue: asyncio.Queue[Batch],
         clock: Callable[[], float] = time.monotonic,
+        metadata: PodMetadata | None = None,
     ) -> None:
         self.settings = settings
+        self.metadata = metadata
         self.root = settings.root
         self.checkpoints = checkpoints
         self.queue = queue
         self.clock = clock
         self.counts = TailCounts()
         self.files: dict[tuple[int, int], TailedFile] = {}
-        self._ignored: set[tuple[int, int, int]] = set()
-        """(device, inode, size) of rotated files read to their end and closed."""
+        self._ignored: set[tuple[int, int, int, int]] = set()
+        """`_unchanged` of rotated files read to their end and closed."""
         self._compressed: set[tuple[int, int]] = set()
         """(device, inode) of .gz files already accounted for, so scans skip them."""
         self._first_install = not checkpoints.checkpoints
@@ -265,13 +289,13 @@ class Tailer:
         present = set()
         compressed = []
         for path, info in self._candidates():
-            present.add((info.st_dev, info.st_ino, info.st_size))
+            present.add(_unchanged(info))
             if path.name.endswith(".gz"):
                 compressed.append((path, info))
             else:
                 self._consider(path, info)
         self._ignored &= present  # forget files that are gone, so the set stays small
-        seen = {(device, inode) for device, inode, _ in present}
+        seen = {(device, inode) for device, inode, *_ in present}
         for tailed in self.files.values():
             tailed.gone = tailed.device_inode not in seen
         # After every file was considered: a source still on disk is open by now.
@@ -288,7 +312,7 @@ class Tailer:
                 tailed.path = path
                 self.checkpoints.track(tailed.key, str(path), tailed.offset)
             return
-        if (info.st_dev, info.st_ino, info.st_size) in self._ignored:
+        if _unchanged(info) in self._ignored:
             return
         origin = Origin.from_path(self.root, path)
         if origin is None or not selected(origin, self.settings.include, self.settings.exclude):
@@ -315,9 +339,11 @@ class Tailer:
             self.counts.decode,
             multiline_joiner(self.settings, origin),
         )
-        self.files[device_inode] = TailedFile(
+        tailed = self.files[device_inode] = TailedFile(
             key, path, origin, handle, device_inode, offset, decoder
         )
+        if self.metadata is not None:
+            self._enrich(tailed, self.metadata)
         self.counts.files_opened += 1
         log.debug("Tailing a log file.", extra={"path": str(path), "offset": offset})
 
@@ -334,6 +360,12 @@ class Tailer:
                 # (a deleted file with unread lines would lose them).
                 tailed.idle_polls = 0
                 continue
+            if self._rescan:
+                # A file was created or renamed: open it now, not after this pass, which can
+                # be long while the queue is full; a rotated file compressed before it is
+                # open would be lost.
+                self._rescan = False
+                self.scan()
             read = await self._read(tailed)
             progressed |= read
             # A stack trace still held counts as unread: it goes before the newer file's lines.
@@ -342,6 +374,9 @@ class Tailer:
         return progressed
 
     async def _read(self, tailed: TailedFile) -> bool:
+        metadata = self.metadata
+        if metadata is not None and tailed.metadata_version != metadata.version:
+            self._enrich(tailed, metadata)
         data, advance = self._whole_lines(tailed)
         if not advance:
             tailed.idle_polls += 1
@@ -365,7 +400,24 @@ class Tailer:
             await self._hand_over(tailed, documents)
         return bool(documents)
 
+    def _enrich(self, tailed: TailedFile, metadata: PodMetadata) -> None:
+        """Give the file's decoder its pod's metadata, once per file and per cache change.
+
+        A pod the cache does not know (yet, or the API server is unreachable) leaves the
+        path's fields, marked; a file that had metadata keeps it when the pod is forgotten.
+        """
+        tailed.metadata_version = metadata.version
+        origin = tailed.origin
+        found = metadata.fields(origin.uid, origin.container, origin.restart_count)
+        if found is not None:
+            tailed.decoder.set_metadata(*found)
+            tailed.enriched = True
+        elif not tailed.enriched:
+            tailed.decoder.set_metadata(None, None)
+
     async def _hand_over(self, tailed: TailedFile, documents: list[Document]) -> None:
+        if self.metadata is not None and not tailed.enriched:
+            self.counts.records_without_metadata += len(documents)
         handover = self.checkpoints.hand_over(
             tailed.key, tailed.decoder.resume_offset(tailed.offset)
         )
@@ -421,7 +473,7 @@ class Tailer:
                 self._close(tailed)
                 # Finished: its checkpoint remembers that across restarts, this set
                 # spares reopening it at every scan until it is compressed away.
-                self._ignored.add((info.st_dev, info.st_ino, info.st_size))
+                self._ignored.add(_unchanged(info))
 
     def _rotated_away(self, tailed: TailedFile) -> bool:
         if not tailed.path.name.endswith(".log"):
@@ -532,10 +584,28 @@ class Tailer:
         self.counts.files_closed += 1
 
 
-def _reading_order(tailed: TailedFile) -> tuple[Path, int, int, str]:
+def _unchanged(info: os.stat_result) -> tuple[int, int, int, int]:
+    """Device, inode, size and modification time: a finished file that has not changed.
+
+    Not the inode and size alone: a compressed rotation frees its inode, which the next
+    file of the same size (the kubelet rotates at a size) may reuse, and would be skipped.
+    """
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _reading_order(tailed: TailedFile) -> tuple[Path, int, int, int, str]:
     # Within a container directory: rotated files (0.log.<time>) before live ones (0.log).
-    # A file gone from the tree is older than every rotated file still there.
-    return (tailed.container_directory, int(tailed.live), int(not tailed.gone), tailed.path.name)
+    # A file gone from the tree is older than every rotated file still there; among those
+    # gone, one last seen as the live file (deleted before a scan saw it renamed) is newer
+    # than those last seen rotated, and the sort keeps such files in the order they opened.
+    name = tailed.path.name
+    return (
+        tailed.container_directory,
+        int(tailed.live),
+        int(not tailed.gone),
+        int(name.endswith(".log")),
+        name,
+    )
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

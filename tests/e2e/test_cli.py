@@ -46,7 +46,8 @@ def test_check_config_reports_three_mistakes_with_paths(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"{config}: 3 problem(s):",
         "  telemetry.listen: not a listen address host:port: 'nine'",
-        "  kubernetes.kubeconfg: unknown key; allowed here: context, kubeconfig",
+        "  kubernetes.kubeconfg: unknown key; allowed here: annotations, context, "
+        "deleted_pod_grace, enabled, kubeconfig",
         "  sinks.elasticsearch.hosts[0]: not a URL: 'localhost:92OO'",
     ]
 
