@@ -155,7 +155,8 @@ async def run(
     if metadata is not None:
         # Bounded: an unreachable API server delays the start by this much, never more.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(metadata.synced.wait(), INITIAL_SYNC_WAIT)
+            async with asyncio.timeout(INITIAL_SYNC_WAIT):
+                await metadata.synced.wait()
     failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     unacknowledged = 0
 

@@ -26,6 +26,30 @@ class FileSink:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._out = self.path.open("ab")
+        self._drop_torn_line()
+
+    def _drop_torn_line(self) -> None:
+        """A kill during a write leaves a document cut short at the end of the file. It was
+        never acknowledged, so it will be written again; appending after it would glue the
+        next document to it and make both unreadable."""
+        size = self._out.seek(0, 2)
+        if size == 0:
+            return
+        with self.path.open("rb") as existing:
+            block = 1 << 16
+            end = size
+            while end > 0:
+                start = max(0, end - block)
+                existing.seek(start)
+                chunk = existing.read(end - start)
+                if end == size and chunk.endswith(b"\n"):
+                    return
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    self._out.truncate(start + newline + 1)
+                    return
+                end = start
+        self._out.truncate(0)
 
     async def submit(self, documents: list[dict[str, Any]], source: str) -> asyncio.Future[None]:
         """Append the batch and hand it to the kernel; that is the acknowledgement."""
