@@ -180,7 +180,9 @@ service:
 # --- throughput --------------------------------------------------------------------------
 
 
-def throughput_observer(corpus: corpus_module.Corpus, work: Path, url: str, source: Path) -> Measured:
+def throughput_observer(
+    corpus: corpus_module.Corpus, work: Path, url: str, source: Path
+) -> Measured:
     config = observer_config(corpus.root, work, url)
     argv = [*observer_command(), "agent", "--config", str(config), "--once"]
     started = time.monotonic()
@@ -197,7 +199,9 @@ def throughput_observer(corpus: corpus_module.Corpus, work: Path, url: str, sour
     return measured
 
 
-def throughput_otelcol(corpus: corpus_module.Corpus, work: Path, url: str, binary: Path) -> Measured:
+def throughput_otelcol(
+    corpus: corpus_module.Corpus, work: Path, url: str, binary: Path
+) -> Measured:
     port = free_port()
     config = otelcol_config(corpus.include_glob, work, url, port)
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -274,7 +278,7 @@ def paced_writer(root: Path, rate: int, seconds: float, bodies_from: Path) -> No
             else:
                 chunks[b % 4].append(stamp + b" " + bodies[b % len(bodies)])
                 b += 1
-        for fd, lines in zip(files, chunks):
+        for fd, lines in zip(files, chunks, strict=True):
             if lines:
                 os.write(fd, b"".join(lines))
         if probes:
@@ -329,8 +333,14 @@ class Poller:
 
 
 def latency_run(
-    tool: str, work: Path, url: str, rate: int, seconds: float, bodies_from: Path,
-    source: Path, binary: Path | None,
+    tool: str,
+    work: Path,
+    url: str,
+    rate: int,
+    seconds: float,
+    bodies_from: Path,
+    source: Path,
+    binary: Path | None,
 ) -> dict[str, object]:
     root = work / "pods"
     probe_dir = root / "bench_probe_99999999-0000-0000-0000-000000000000" / "probe"
@@ -357,8 +367,18 @@ def latency_run(
             if count(url, target) >= 1:  # the warm-up line is searchable: the tool is set up
                 state["warm"] = True
                 state["writer"] = subprocess.Popen(
-                    [sys.executable, __file__, "--write-paced", str(root), "--rate", str(rate),
-                     "--seconds", str(seconds), "--bodies-from", str(bodies_from)],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--write-paced",
+                        str(root),
+                        "--rate",
+                        str(rate),
+                        "--seconds",
+                        str(seconds),
+                        "--bodies-from",
+                        str(bodies_from),
+                    ],
                     stdout=subprocess.PIPE,
                 )
             return False
@@ -372,7 +392,9 @@ def latency_run(
         expected = state["writer_out"].get("probes", 0)
         return len(poller.latencies_s) >= expected or time.monotonic() > state["deadline"]
 
-    measured = run_until(argv, work / f"{tool}.log", done, poll_s=0.1, timeout_s=seconds + 180, env=env)
+    measured = run_until(
+        argv, work / f"{tool}.log", done, poll_s=0.1, timeout_s=seconds + 180, env=env
+    )
     latencies = sorted(poller.latencies_s.values())
     written = state.get("writer_out", {})
     return {
@@ -426,8 +448,14 @@ def median(rows: list[dict[str, Any]], tool: str, key: str) -> float | None:
 
 
 def report(
-    rows: list[dict[str, Any]], latency: list[dict[str, Any]], corpus: corpus_module.Corpus,
-    facts: dict[str, str], command: str, date: str, rate: int, seconds: float,
+    rows: list[dict[str, Any]],
+    latency: list[dict[str, Any]],
+    corpus: corpus_module.Corpus,
+    facts: dict[str, str],
+    command: str,
+    date: str,
+    rate: int,
+    seconds: float,
 ) -> str:
     out = [
         f"# Elasticsearch benchmark, {date}",
@@ -493,20 +521,31 @@ def report(
         )
     ob_rate, ot_rate = median(rows, "observer", "docs_per_s"), median(rows, "otelcol", "docs_per_s")
     ob_lat = next((r for r in latency if r["tool"] == "observer"), None)
-    ob_rss = max([float(r["max_rss_mb"]) for r in rows if r["tool"] == "observer"]
-                 + ([float(ob_lat["max_rss_mb"])] if ob_lat else []), default=None)
+    ob_rss = max(
+        [float(r["max_rss_mb"]) for r in rows if r["tool"] == "observer"]
+        + ([float(ob_lat["max_rss_mb"])] if ob_lat else []),
+        default=None,
+    )
     out += ["", "## Targets", "", "| target | observer | met |", "|---|---|---|"]
     if ob_rate and ot_rate:
-        out.append(f"| docs/s ≥ otelcol's ({ot_rate:,.0f}) | {ob_rate:,.0f} | {_yes(ob_rate >= ot_rate)} |")
+        out.append(
+            f"| docs/s ≥ otelcol's ({ot_rate:,.0f}) | {ob_rate:,.0f} | {_yes(ob_rate >= ot_rate)} |"
+        )
     if ob_lat and ob_lat["p99_s"] is not None:
-        out.append(f"| p99 write-to-searchable < {TARGET_P99_S} s at {rate:,} lines/s | "
-                   f"{ob_lat['p99_s']} s | {_yes(ob_lat['p99_s'] < TARGET_P99_S)} |")
+        out.append(
+            f"| p99 write-to-searchable < {TARGET_P99_S} s at {rate:,} lines/s | "
+            f"{ob_lat['p99_s']} s | {_yes(ob_lat['p99_s'] < TARGET_P99_S)} |"
+        )
     if ob_rss is not None:
-        out.append(f"| peak RSS < {TARGET_RSS_MB:.0f} MB (all runs) | {ob_rss:.1f} | {_yes(ob_rss < TARGET_RSS_MB)} |")
+        out.append(
+            f"| peak RSS < {TARGET_RSS_MB:.0f} MB (all runs) | {ob_rss:.1f} | {_yes(ob_rss < TARGET_RSS_MB)} |"
+        )
     ob_cpu = median(rows, "observer", "cpu_s_per_million")
     if ob_cpu is not None:
-        out.append(f"| CPU per document reported (gzip included) | {ob_cpu:.2f} CPU s / M docs "
-                   f"(file sink: {COLLECTION_CPU_PER_MILLION}) | reported |")
+        out.append(
+            f"| CPU per document reported (gzip included) | {ob_cpu:.2f} CPU s / M docs "
+            f"(file sink: {COLLECTION_CPU_PER_MILLION}) | reported |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -592,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         es_home.cleanup()
         snapshot.cleanup()
 
-    facts["load (1, 5, 15 min) at the end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    facts["load (1, 5, 15 min) at the end"] = " ".join(
+        Path("/proc/loadavg").read_text().split()[:3]
+    )
     command = "~/.cache/observer/venv/bin/python bench/elasticsearch.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
