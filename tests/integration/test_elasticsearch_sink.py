@@ -56,6 +56,19 @@ def stored(es: Node, index: str) -> list[dict[str, Any]]:
     return response["hits"]["hits"]
 
 
+def install_strict_templates(es: Node) -> None:
+    """Observer's templates as a cluster managed elsewhere might edit them: json.status is a long."""
+    settings = ElasticsearchSinkConfig(hosts=[es.url])
+    for name, body in index_templates(settings, lifecycle=None).items():
+        if "observer.dead_letter" not in name:
+            body["template"]["mappings"] = dict(body["template"]["mappings"])
+            body["template"]["mappings"]["properties"] = {
+                **body["template"]["mappings"]["properties"],
+                "json": {"properties": {"status": {"type": "long"}}},
+            }
+        es.request("PUT", f"/_index_template/{name}", body)
+
+
 def file_sink_documents(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
 
@@ -132,16 +145,7 @@ async def test_a_refused_document_goes_to_the_dead_letter_store_and_the_checkpoi
     tmp_path: Path, es: Node, tree: PodLogTree
 ) -> None:
     """1 line in 500 conflicts with the cluster's mapping: 499 stored, 1 dead-lettered, none retried."""
-    # A cluster managed elsewhere maps an application field strictly.
-    settings = ElasticsearchSinkConfig(hosts=[es.url])
-    for name, body in index_templates(settings, lifecycle=None).items():
-        if "observer.dead_letter" not in name:
-            body["template"]["mappings"] = dict(body["template"]["mappings"])
-            body["template"]["mappings"]["properties"] = {
-                **body["template"]["mappings"]["properties"],
-                "json": {"properties": {"status": {"type": "long"}}},
-            }
-        es.request("PUT", f"/_index_template/{name}", body)
+    install_strict_templates(es)
     web = tree.container("shop", "web-1", "app")
     lines = [
         json.dumps({"msg": f"request {i}", "status": "teapot" if i == 250 else 200})
@@ -254,3 +258,30 @@ async def test_a_dead_host_in_the_list_fails_over_to_a_live_one(
     assert sorted(hit["_source"]["message"] for hit in stored(es, LOGS)) == sorted(
         f"line {i}" for i in range(2000)
     )
+
+
+async def test_values_longer_than_a_lucene_term_are_stored(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """A 40 KB JSON value (past Lucene's 32 KB term limit) is stored, not refused."""
+    web = tree.container("shop", "web-1", "app")
+    web.write([json.dumps({"msg": "big", "payload": "p" * 40_000})])
+    await app.run(agent_config(tmp_path, es), once=True)
+
+    (document,) = [hit["_source"] for hit in stored(es, LOGS)]
+    assert document["json"]["payload"] == "p" * 40_000
+
+
+async def test_a_refused_document_of_any_size_fits_the_dead_letter_stream(
+    tmp_path: Path, es: Node, tree: PodLogTree
+) -> None:
+    """A refused 50 KB document (past the 32 KB term limit) is kept in the dead-letter data stream, not the local file."""
+    install_strict_templates(es)
+    tree.container("shop", "web-1", "app").write(
+        [json.dumps({"msg": "huge", "status": "teapot", "pad": "q" * 50_000})]
+    )
+    await app.run(agent_config(tmp_path, es, setup={"enabled": False}), once=True)
+
+    (letter,) = [hit["_source"] for hit in stored(es, DEAD_LETTERS)]
+    assert len(letter["event"]["original"]) > 50_000
+    assert not (tmp_path / "state" / "dead-letter.jsonl").exists()

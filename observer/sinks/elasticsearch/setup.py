@@ -22,7 +22,7 @@ from observer.config import ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 """Bump when a mapping below changes, so that running agents replace the template."""
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -90,7 +90,9 @@ LOG_MAPPINGS: dict[str, Any] = {
         "error": {"properties": {"message": {"type": "text"}}},
         # Keys of structured bodies are the application's: one field, never a mapping
         # conflict or a mapping explosion.
-        "json": {"type": "flattened"},
+        # ignore_above: a value past Lucene's 32 KB term limit is kept in _source, unindexed,
+        # rather than refusing the whole document.
+        "json": {"type": "flattened", "ignore_above": 8191},
     },
 }
 
@@ -106,7 +108,10 @@ DEAD_LETTER_MAPPINGS: dict[str, Any] = {
                 "code": {"type": "keyword"},
             }
         },
-        "event": {"properties": {"original": {"type": "keyword", "index": False}}},
+        # Stored, never indexed: a refused document of any size must fit (ECS does the same).
+        "event": {
+            "properties": {"original": {"type": "keyword", "index": False, "doc_values": False}}
+        },
         "observer": {
             "properties": {
                 "target": {"type": "keyword"},
