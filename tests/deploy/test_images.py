@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,15 @@ def test_image_runs_the_deployable_with_its_shipped_config(deployable: str) -> N
     assert f"COPY {deployable}/{deployable}.yaml /etc/observer/{deployable}.yaml" in dockerfile
     assert f'CMD ["{deployable}", "--config", "/etc/observer/{deployable}.yaml"]' in dockerfile
     assert f'".[{deployable}]"' in dockerfile
+
+
+def test_the_installed_package_holds_every_module(tmp_path: Path) -> None:
+    """The wheel that the images install carries every module of the source tree."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path, REPO],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    source = {str(path.relative_to(REPO)) for path in (REPO / "observer").rglob("*.py")}
+    assert source - shipped == set()
