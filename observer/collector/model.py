@@ -1,0 +1,112 @@
+"""The collector's data model: spans as the collector reasons about them, and whole traces.
+
+Spans arrive as OTLP `ResourceSpans` (see `observer.protocols`) and are unpacked once, at
+intake, into `Span`. From then on a trace is a `Trace`: assembled by trace id, rebuilt
+into a tree, judged complete or partial, sampled, stored and served. Ids are lowercase hex
+strings (32 characters for trace ids, 16 for span ids), the form that logs carry in
+`trace.id` and that Jaeger's API speaks, so the three join without conversion.
+
+Ownership: a `Trace` belongs to the assembler until it is emitted; after that, stages
+read it and add their findings (verdict, skew marks) but never remove spans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeAlias
+
+AttributeValue: TypeAlias = "str | bool | int | float | list[str | bool | int | float]"
+Attributes: TypeAlias = dict[str, AttributeValue]
+
+
+class SpanKind(StrEnum):
+    """OTLP's span kinds, by the names Jaeger and Tempo show."""
+
+    UNSPECIFIED = "unspecified"
+    INTERNAL = "internal"
+    SERVER = "server"
+    CLIENT = "client"
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
+
+class StatusCode(StrEnum):
+    UNSET = "unset"
+    OK = "ok"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class SpanEvent:
+    time_ns: int
+    name: str
+    attributes: Attributes = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SpanLink:
+    trace_id: str
+    span_id: str
+    attributes: Attributes = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Span:
+    """One span, its resource's attributes flattened beside its own."""
+
+    trace_id: str
+    span_id: str
+    # "" for a root span.
+    parent_span_id: str
+    name: str
+    kind: SpanKind
+    start_ns: int
+    end_ns: int
+    # The resource's `service.name`; "unknown_service" when the sender gave none, as the
+    # OpenTelemetry SDKs default it.
+    service: str
+    status: StatusCode = StatusCode.UNSET
+    status_message: str = ""
+    attributes: Attributes = field(default_factory=dict)
+    resource: Attributes = field(default_factory=dict)
+    events: list[SpanEvent] = field(default_factory=list)
+    links: list[SpanLink] = field(default_factory=list)
+    # Set by reconstruction: how far this span was moved to fit inside its parent
+    # (clock skew between hosts), 0 when it was not moved.
+    skew_adjustment_ns: int = 0
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def is_error(self) -> bool:
+        return self.status is StatusCode.ERROR
+
+
+class Completeness(StrEnum):
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """Whether a trace is whole, and if not, every reason why (e.g. `missing_parent`,
+    `client_without_server`, `orphan`), with the span ids each reason concerns."""
+
+    completeness: Completeness = Completeness.COMPLETE
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, span_id: str) -> None:
+        self.completeness = Completeness.PARTIAL
+        self.reasons.setdefault(reason, []).append(span_id)
+
+
+@dataclass(slots=True)
+class Trace:
+    trace_id: str
+    spans: list[Span]
+    verdict: Verdict = field(default_factory=Verdict)
+    # True when spans arrived after the trace was first emitted and were merged into it.
+    late: bool = False
