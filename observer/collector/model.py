@@ -104,9 +104,24 @@ class Verdict:
 
 
 @dataclass(slots=True)
+class Edge:
+    """Calls from one service to another seen in one trace: a client/server (or
+    producer/consumer) pair, or a client span to a peer that sends no spans of its own
+    (a database, an external host), whose callee is then `virtual`."""
+
+    caller: str
+    callee: str
+    calls: int = 0
+    errors: int = 0
+    virtual: bool = False
+
+
+@dataclass(slots=True)
 class Trace:
     trace_id: str
     spans: list[Span]
     verdict: Verdict = field(default_factory=Verdict)
+    # Filled by the service-graph stage, stored with the trace for `/api/dependencies`.
+    edges: list[Edge] = field(default_factory=list)
     # True when spans arrived after the trace was first emitted and were merged into it.
     late: bool = False
