@@ -5,6 +5,11 @@ A file's checkpoint is the byte offset up to which every sink has acknowledged e
 from the checkpoint. Batches of one file can be acknowledged out of order (several bulk
 requests in flight), so the checkpoint advances only over a prefix of settled batches.
 
+A file's checkpoint is where reading resumes: the start of its oldest line not yet
+delivered. When stdout and stderr interleave partial lines, or a stack trace is still being
+joined, lines of the other stream after that point were delivered already; the checkpoint
+then carries a `Replay`, which tells the decoder which of the lines read again to skip.
+
 The state file is JSON, written atomically (write, fsync, rename, fsync the directory). A
 corrupt file is moved aside and reported, and the agent starts from the files' beginnings
 rather than crash-looping: replaying is safe because delivery is idempotent.
@@ -28,19 +33,43 @@ STATE_FILE = "checkpoints.json"
 FORMAT_VERSION = 1
 
 
+@dataclass(slots=True, frozen=True)
+class Replay:
+    """What reading again from a checkpoint must skip: everything before `until` was
+    delivered except the lines of each stream in `streams` from that stream's offset on.
+    A line of stream s at offset o is new iff o >= streams.get(s, until); lines that are
+    no stream's (malformed ones) count as the stream ""."""
+
+    until: int
+    streams: dict[str, int]
+
+    def to_json(self) -> dict[str, object]:
+        return {"until": self.until, "streams": self.streams}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Replay | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise TypeError(f"replay: expected an object, got {raw!r}")
+        return cls(int(raw["until"]), {str(k): int(v) for k, v in raw["streams"].items()})
+
+
 @dataclass(slots=True)
 class Checkpoint:
     path: str
     offset: int
     updated: float
+    replay: Replay | None = None
 
 
 @dataclass(slots=True)
 class Handover:
-    """A batch of one file given to the sinks, ending at byte `end`."""
+    """A batch of one file given to the sinks; reading resumes at `end` once it settles."""
 
     key: str
     end: int
+    replay: Replay | None = None
     settled: bool = False
 
 
@@ -64,7 +93,12 @@ class CheckpointStore:
             if state.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unknown format version {state.get('version')!r}")
             self.checkpoints = {
-                key: Checkpoint(entry["path"], int(entry["offset"]), float(entry["updated"]))
+                key: Checkpoint(
+                    entry["path"],
+                    int(entry["offset"]),
+                    float(entry["updated"]),
+                    Replay.from_json(entry.get("replay")),
+                )
                 for key, entry in state["files"].items()
             }
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -82,7 +116,7 @@ class CheckpointStore:
         checkpoint = self.checkpoints.get(key)
         return checkpoint.offset if checkpoint else None
 
-    def resume_offset(self, key: str) -> int | None:
+    def resume_point(self, key: str) -> tuple[int, Replay | None] | None:
         """Where reading a file resumes: after its last batch handed over, else the checkpoint.
 
         A file closed and opened again within one run (a rotated file that the runtime
@@ -90,20 +124,24 @@ class CheckpointStore:
         reading again from the checkpoint would deliver them twice.
         """
         pending = self._pending.get(key)
-        return pending[-1].end if pending else self.offset(key)
+        if pending:
+            return pending[-1].end, pending[-1].replay
+        checkpoint = self.checkpoints.get(key)
+        return (checkpoint.offset, checkpoint.replay) if checkpoint else None
 
-    def track(self, key: str, path: str, offset: int) -> None:
+    def track(self, key: str, path: str, offset: int, replay: Replay | None = None) -> None:
         """Start tracking a file whose delivery begins (or resumes) at `offset`."""
         self._pending.setdefault(key, deque())
         if key not in self.checkpoints:
-            self.checkpoints[key] = Checkpoint(path, offset, self.clock())
+            self.checkpoints[key] = Checkpoint(path, offset, self.clock(), replay)
             self._dirty = True
         else:
             self.checkpoints[key].path = path
 
-    def hand_over(self, key: str, end: int) -> Handover:
-        """Record a batch ending at `end` given to the sinks; `settle` it once all acknowledged."""
-        handover = Handover(key, end)
+    def hand_over(self, key: str, end: int, replay: Replay | None = None) -> Handover:
+        """Record a batch given to the sinks, after which reading would resume at `end`
+        (skipping what `replay` says); `settle` it once every sink acknowledged it."""
+        handover = Handover(key, end, replay)
         self._pending[key].append(handover)
         return handover
 
@@ -113,10 +151,11 @@ class CheckpointStore:
         pending = self._pending.get(handover.key)
         advanced = None
         while pending and pending[0].settled:
-            advanced = pending.popleft().end
+            advanced = pending.popleft()
         if advanced is not None:
             checkpoint = self.checkpoints[handover.key]
-            checkpoint.offset = advanced
+            checkpoint.offset = advanced.end
+            checkpoint.replay = advanced.replay
             checkpoint.updated = self.clock()
             self._dirty = True
 
@@ -136,6 +175,7 @@ class CheckpointStore:
             "version": FORMAT_VERSION,
             "files": {
                 key: {"path": c.path, "offset": c.offset, "updated": c.updated}
+                | ({"replay": c.replay.to_json()} if c.replay else {})
                 for key, c in self.checkpoints.items()
             },
         }

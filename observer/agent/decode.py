@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from observer.agent.checkpoint import Replay
 from observer.agent.multiline import Emit, Joiner
 
 Document = dict[str, Any]
@@ -125,6 +126,9 @@ class Decoder:
             "container": {"name": origin.container},
         }
         self._container = {"restart_count": origin.restart_count}
+        self._replay: Replay | None = None
+        # Lines before this offset may have been delivered already (see `replay`); 0: none.
+        self._replay_until = 0
 
     def set_metadata(self, kubernetes: Document | None, container: Document | None) -> None:
         """Replace the per-file ``kubernetes`` and ``container`` parts of later documents with
@@ -152,6 +156,28 @@ class Decoder:
         if self._joiner is not None:
             resume = min(resume, self._joiner.oldest_offset(default=resume))
         return resume
+
+    def resume_point(self, end: int) -> tuple[int, Replay | None]:
+        """`resume_offset`, and what reading again from there must skip: the other
+        streams' lines after it, which are in documents already."""
+        held = {stream: partial.offset for stream, partial in self._pending.items()}
+        if self._joiner is not None:
+            for stream, offset in self._joiner.oldest_offsets():
+                held[stream] = min(offset, held.get(stream, offset))
+        if not held:
+            return end, None
+        return min(held.values()), Replay(end, held)
+
+    def replay(self, replay: Replay | None) -> None:
+        """Reading restarts at a checkpoint with this `Replay`: skip what was delivered."""
+        self._replay = replay
+        self._replay_until = replay.until if replay else 0
+
+    def _delivered(self, stream: str, offset: int) -> bool:
+        """During a replay: whether this line of `stream` is in a document already."""
+        replay = self._replay
+        assert replay is not None
+        return offset < replay.streams.get(stream, replay.until)
 
     @property
     def joining(self) -> bool:
@@ -234,6 +260,8 @@ class Decoder:
         offset: int,
         out: list[Document],
     ) -> None:
+        if offset < self._replay_until and self._delivered(stream, offset):
+            return
         pending = self._pending.get(stream)
         if pending is None and not partial:
             # The common case, inlined: a whole line, no stack trace on its way.
@@ -302,6 +330,8 @@ class Decoder:
         return document
 
     def _malformed(self, line: bytes, offset: int, why: str, out: list[Document]) -> None:
+        if offset < self._replay_until and self._delivered("", offset):
+            return
         self.counts.malformed += 1
         self.counts.lines += 1
         out.append(

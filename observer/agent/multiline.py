@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from observer.config import MultilineLanguage as Language
@@ -222,6 +222,11 @@ class Joiner:
     def oldest_offset(self, default: int) -> int:
         """The offset of the first line of the oldest trace being joined, else `default`."""
         return min((group.lines[0][2] for group in self.groups.values()), default=default)
+
+    def oldest_offsets(self) -> Iterator[tuple[str, int]]:
+        """Per stream, the offset of the first line of the trace being joined."""
+        for stream, group in self.groups.items():
+            yield stream, group.lines[0][2]
 
     def push(
         self, stream: str, timestamp: str, body: bytes, offset: int, now: float, out: list[Emit]

@@ -329,16 +329,18 @@ class Tailer:
         if key is None:
             os.close(handle)  # no complete first line yet; the next scan tries again
             return
-        offset = self.checkpoints.resume_offset(key) or 0
+        offset, replay = self.checkpoints.resume_point(key) or (0, None)
         if offset > info.st_size:
-            offset = 0  # truncated while we were away (copytruncate): all of it is new
-        self.checkpoints.track(key, str(path), offset)
+            # Truncated while we were away (copytruncate): all of it is new.
+            offset, replay = 0, None
+        self.checkpoints.track(key, str(path), offset, replay)
         decoder = Decoder(
             origin,
             self.settings.max_line_bytes,
             self.counts.decode,
             multiline_joiner(self.settings, origin),
         )
+        decoder.replay(replay)
         tailed = self.files[device_inode] = TailedFile(
             key, path, origin, handle, device_inode, offset, decoder
         )
@@ -419,7 +421,7 @@ class Tailer:
         if self.metadata is not None and not tailed.enriched:
             self.counts.records_without_metadata += len(documents)
         handover = self.checkpoints.hand_over(
-            tailed.key, tailed.decoder.resume_offset(tailed.offset)
+            tailed.key, *tailed.decoder.resume_point(tailed.offset)
         )
         await self.queue.put(Batch(documents, handover))
 
@@ -497,17 +499,34 @@ class Tailer:
     def stale_checkpoints(self) -> list[str]:
         """Checkpoints of files that are closed, settled, and no longer on disk.
 
-        A file compressed into ``<path>.gz`` keeps its checkpoint until a scan has
-        accounted for the .gz (which then forgets it): it tells how much was read.
+        A file known by its live name (`0.log`) and renamed since (`0.log.<time>`), not yet
+        opened under its new name, keeps its checkpoint, or it would be read again from its
+        start; the kubelet keeps a few rotations only, so these stay few. A file
+        compressed into `.gz` keeps it too until a scan has accounted for the .gz (which
+        then forgets it): it tells how much was read.
         """
         open_keys = {tailed.key for tailed in self.files.values()}
+        listings: dict[str, list[str]] = {}
+
+        def on_disk(path: str) -> bool:
+            if os.path.lexists(path) or os.path.lexists(path + ".gz"):
+                return True
+            if not path.endswith(".log"):
+                return False  # a rotated name is final; only compression renames it again
+            directory, name = os.path.split(path)
+            if directory not in listings:
+                try:
+                    listings[directory] = os.listdir(directory)
+                except OSError:
+                    listings[directory] = []
+            return any(entry.startswith(name + ".") for entry in listings[directory])
+
         return [
             key
             for key, checkpoint in self.checkpoints.checkpoints.items()
             if key not in open_keys
             and not self.checkpoints.has_pending(key)
-            and not os.path.lexists(checkpoint.path)
-            and not os.path.lexists(checkpoint.path + ".gz")
+            and not on_disk(checkpoint.path)
         ]
 
     # --- compressed rotations: what was lost -----------------------------------------------

@@ -111,6 +111,30 @@ def test_partial_pending_across_reads_sets_the_resume_offset() -> None:
     assert d.resume_offset(100) == 100
 
 
+def test_resuming_inside_interleaved_partials_skips_what_was_delivered() -> None:
+    """Reading again from a checkpoint inside the other stream's delivered line, with its
+    `Replay`, yields only the lines not yet delivered: no fragment becomes a line of its own."""
+    lines = [
+        b"t1 stdout P out-a \n",
+        b"t2 stderr P err-a \n",
+        b"t3 stdout F out-b\n",
+        b"x not a log line\n",
+        b"t4 stderr F err-b\n",
+    ]
+    data = b"".join(lines)
+    first_run = decoder()
+    until = sum(map(len, lines[:4]))
+    delivered = first_run.decode(data[:until], 0)
+    assert [d["message"] for d in delivered] == ["out-a out-b", "x not a log line"]
+    offset, replay = first_run.resume_point(until)
+    assert offset == len(lines[0])
+
+    second_run = decoder()
+    second_run.replay(replay)
+    resumed = second_run.decode(data[offset:], offset)
+    assert [(d["stream"], d["message"]) for d in resumed] == [("stderr", "err-a err-b")]
+
+
 @pytest.mark.parametrize(
     ("line", "message", "stream", "timestamp"),
     [
