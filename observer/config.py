@@ -290,9 +290,103 @@ class ElasticsearchSinkConfig(ElasticsearchConfig):
     setup: SetupConfig = SetupConfig()
 
 
+# --- the agent's span path: receivers, and the collector replicas as a sink --------------
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PydanticCustomError(
+            "host_port", "not an address host:port: {value}", {"value": repr(value)}
+        )
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+DEFAULT_MAX_REQUEST_BYTES = 20 << 20
+"""The OTLP specification's recommended limit on a request body, after decompression."""
+
+
+class OtlpGrpcReceiverConfig(Section):
+    enabled: bool = True
+    listen: ListenAddress = "0.0.0.0:4317"
+    max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+
+
+class OtlpHttpReceiverConfig(Section):
+    """`POST /v1/traces`, protobuf or JSON."""
+
+    enabled: bool = True
+    listen: ListenAddress = "0.0.0.0:4318"
+    max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+
+
+class ZipkinReceiverConfig(Section):
+    """`POST /api/v2/spans`, JSON or protobuf (Envoy and Istio sidecars)."""
+
+    enabled: bool = True
+    listen: ListenAddress = "0.0.0.0:9411"
+    max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+
+
+class SpansConfig(Section):
+    """Spans from this node's workloads and sidecars, given their pod's identity and
+    routed by trace id to one collector replica (`sinks.collector`)."""
+
+    enabled: bool = False
+    otlp_grpc: OtlpGrpcReceiverConfig = OtlpGrpcReceiverConfig()
+    otlp_http: OtlpHttpReceiverConfig = OtlpHttpReceiverConfig()
+    zipkin: ZipkinReceiverConfig = ZipkinReceiverConfig()
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    """Per receiver; more at once are answered "retry later" before their bodies are read."""
+
+
+class CollectorBatchConfig(Section):
+    """How spans for one replica are grouped into an export request."""
+
+    max_spans: int = Field(default=2048, ge=1)
+    max_bytes: ByteSize = Field(default=2 << 20, ge=1024)
+    """Keep under the replicas' gRPC receive limit (4 MiB by default)."""
+    flush_interval: Seconds = 0.2
+
+
+class CollectorQueueConfig(Section):
+    max_bytes: ByteSize = Field(default=64 << 20, ge=1024)
+    """Encoded spans held for all replicas (queued and in flight); at the bound the
+    receivers answer "retry later" (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+
+class CollectorRetryConfig(RetryConfig):
+    max_elapsed: Seconds = 60.0
+    """A batch still failing after this long is dropped and counted."""
+
+
+class CollectorSinkConfig(Section):
+    """The collector replicas, over OTLP/gRPC; each trace goes to the replica its id
+    hashes to (a consistent hash ring)."""
+
+    endpoint: HostPort = "observer-collector-headless:4317"
+    """A headless Service's name and port: resolved to every replica, again every
+    `resolve_interval`."""
+    endpoints: list[HostPort] = []
+    """A static list of replicas, used instead of resolving `endpoint` when not empty."""
+    resolve_interval: Seconds = Field(default=5.0, gt=0)
+    timeout: Seconds = Field(default=5.0, gt=0)
+    """Per export request."""
+    compression: Literal["gzip", "none"] = "gzip"
+    max_in_flight: int = Field(default=2, ge=1)
+    """Export requests at once, per replica."""
+    batch: CollectorBatchConfig = CollectorBatchConfig()
+    queue: CollectorQueueConfig = CollectorQueueConfig()
+    retry: CollectorRetryConfig = CollectorRetryConfig()
+
+
 class AgentSinks(Section):
     elasticsearch: ElasticsearchSinkConfig | None = ElasticsearchSinkConfig()
     file: FileSinkConfig | None = None
+    collector: CollectorSinkConfig = CollectorSinkConfig()
+    """Where `sources.spans` sends spans (only used when that is enabled)."""
 
     @model_validator(mode="after")
     def _at_least_one(self) -> AgentSinks:
@@ -359,8 +453,22 @@ class PodLogsConfig(Section):
     multiline: MultilineConfig = MultilineConfig()
 
 
+class KubeEventsConfig(Section):
+    """The kubelet's Events about this node and its pods (probe failures, kills, back-offs),
+    and container restarts and OOM kills from the pods' status, as records of their own."""
+
+    enabled: bool = True
+    """Needs `kubernetes.enabled` (the records carry the pod's metadata)."""
+    dataset: DataStreamPart = "kubernetes.event"
+    """The data stream is ``logs-<dataset>-<namespace>``, beside the container logs'."""
+    queue_records: int = Field(default=10000, ge=1)
+    """Records waiting for the sinks; past this, new ones are dropped and counted."""
+
+
 class AgentSources(Section):
     pod_logs: PodLogsConfig = PodLogsConfig()
+    kube_events: KubeEventsConfig = KubeEventsConfig()
+    spans: SpansConfig = SpansConfig()
 
 
 class AgentConfig(Section):
@@ -377,15 +485,119 @@ class AgentConfig(Section):
     sinks: AgentSinks = AgentSinks()
 
 
+class EmbeddedStoreConfig(Section):
+    """The embedded trace store: one SQLite file, no server (the demo, small clusters)."""
+
+    path: Path = Path("/var/lib/observer/traces.sqlite")
+
+
 class CollectorStorage(Section):
+    """Where whole traces are kept for the query API (observer/collector/store)."""
+
     elasticsearch: ElasticsearchConfig | None = None
+    """Set: traces go to this Elasticsearch cluster. Unset: to the embedded store."""
+    embedded: EmbeddedStoreConfig = EmbeddedStoreConfig()
+    retention: Seconds = Field(default=7 * 86400.0, gt=0)
+    """Traces that started longer ago than this are deleted."""
+
+
+class QueryConfig(Section):
+    """The Jaeger-compatible HTTP query API that Grafana's Jaeger data source and Jaeger's UI call."""
+
+    listen: ListenAddress = "0.0.0.0:16686"
+
+
+class CollectorReceivers(Section):
+    """Where the collector takes spans: the agents export OTLP/gRPC, routed by trace id;
+    OTLP/HTTP is for senders that reach the collector directly."""
+
+    otlp_grpc: OtlpGrpcReceiverConfig = OtlpGrpcReceiverConfig()
+    otlp_http: OtlpHttpReceiverConfig = OtlpHttpReceiverConfig()
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    """Per receiver; more at once are answered "retry later" before their bodies are read."""
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> CollectorReceivers:
+        if not (self.otlp_grpc.enabled or self.otlp_http.enabled):
+            raise PydanticCustomError("no_receiver", "enable at least one receiver")
+        return self
+
+
+# --- the collector's trace path: assembly, reconstruction, graph, sampling ---------------
+
+
+def _ascending_buckets(value: list[float]) -> list[float]:
+    if not value or any(bound <= 0 for bound in value) or value != sorted(set(value)):
+        raise PydanticCustomError(
+            "buckets", "not ascending positive bucket bounds: {value}", {"value": repr(value)}
+        )
+    return value
+
+
+Buckets = Annotated[list[float], AfterValidator(_ascending_buckets)]
+
+
+class AssemblyConfig(Section):
+    """Spans held per trace id until the trace is emitted (observer/collector/assemble.py)."""
+
+    idle_timeout: Seconds = Field(default=5.0, gt=0)
+    """A trace with no new span for this long is emitted."""
+    max_age: Seconds = Field(default=60.0, gt=0)
+    """A trace live for this long is emitted however busy it is."""
+    late_window: Seconds = 60.0
+    """After emission a trace is kept this long, so late spans are merged into it and it is
+    emitted again; 0 turns merging off (a late span then starts a new trace)."""
+    max_live_traces: int = Field(default=20_000, ge=1)
+    """At this many live traces, the oldest is emitted early (counted)."""
+    max_live_spans: int = Field(default=300_000, ge=1)
+    """Spans held, live and kept for late spans. At the bound, kept traces are forgotten
+    first, then the oldest live ones emitted early (counted). About 1.5 KB each."""
+    max_queued_spans: int = Field(default=50_000, ge=1)
+    """Spans received and not yet assembled; at the bound receivers answer retryably
+    (gRPC RESOURCE_EXHAUSTED, HTTP 429)."""
+
+
+class ReconstructionConfig(Section):
+    max_clock_skew: Seconds = 60.0
+    """A child span is moved at most this far to fit inside its parent; a larger skew is
+    left as it is and marked on the span."""
+
+
+class GraphConfig(Section):
+    """Service-graph and RED metrics, with Tempo's names (observer/collector/graph.py)."""
+
+    request_buckets: Buckets = Field(default_factory=lambda: [0.1 * 2**i for i in range(8)])
+    """Seconds; Tempo's service-graph default."""
+    latency_buckets: Buckets = Field(default_factory=lambda: [0.002 * 2**i for i in range(14)])
+    """Seconds; Tempo's span-metrics default."""
+    max_series: int = Field(default=10_000, ge=1)
+    """Label sets per metric; observations beyond are counted as overflow."""
+
+
+class SamplingConfig(Section):
+    """Tail sampling after assembly (observer/collector/sample.py)."""
+
+    keep_errors: bool = True
+    latency_threshold: Seconds | None = 1.0
+    """Traces longer than this are kept; null turns the policy off."""
+    probabilistic_share: float = Field(default=0.1, ge=0, le=1)
+    """The share of the other traces kept, decided by trace id."""
 
 
 class CollectorConfig(Section):
     """`collector.yaml`: the horizontally scaled trace collector."""
 
+    shutdown_timeout: Seconds = 15.0
+    """On SIGTERM, how long the spans already taken may take to be assembled and stored;
+    past it the store is closed and what it could not write is counted as dropped."""
     telemetry: TelemetryConfig = TelemetryConfig()
+    receivers: CollectorReceivers = CollectorReceivers()
     storage: CollectorStorage = CollectorStorage()
+    query: QueryConfig = QueryConfig()
+    assembly: AssemblyConfig = AssemblyConfig()
+    reconstruction: ReconstructionConfig = ReconstructionConfig()
+    graph: GraphConfig = GraphConfig()
+    sampling: SamplingConfig = SamplingConfig()
 
 
 Deployable = Literal["agent", "collector"]

@@ -117,10 +117,13 @@ class ContainerLog:
 
     @staticmethod
     def compress(rotated: Path) -> Path:
-        """Gzip one rotated file as the kubelet does, removing the original."""
+        """Gzip one rotated file as the kubelet does (container_log_manager.go compressLog):
+        into `<name>.tmp`, renamed to `<name>.gz` once complete, then the original removed."""
         compressed = rotated.with_name(f"{rotated.name}.gz")
-        with rotated.open("rb") as source, gzip.open(compressed, "wb") as target:
+        temporary = rotated.with_name(f"{rotated.name}.tmp")
+        with rotated.open("rb") as source, gzip.open(temporary, "wb") as target:
             shutil.copyfileobj(source, target)
+        temporary.rename(compressed)
         rotated.unlink()
         return compressed
 

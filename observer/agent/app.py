@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from observer.agent.checkpoint import CheckpointStore, Handover
+from observer.agent.events import KubeletEventMetrics, KubeletEventSource, event_sinks
 from observer.agent.tail import Batch, TailCounts, Tailer
 from observer.config import AgentConfig
 from observer.kube.client import KubeApi
@@ -67,13 +69,20 @@ class TailMetrics(Collector):
         )
         repaired = CounterMetricFamily(
             metric_name("log_lines_repaired"),
-            "Lines kept but changed: truncated, invalid UTF-8 replaced, or in no known format.",
+            "Lines kept but changed: truncated, invalid UTF-8 replaced, in no known format, "
+            "or not JSON where an observer.dev/parser annotation said it would be.",
             labels=["reason"],
         )
         repaired.add_metric(["truncated"], counts.decode.truncated)
         repaired.add_metric(["invalid_utf8"], counts.decode.invalid_utf8)
         repaired.add_metric(["malformed"], counts.decode.malformed)
+        repaired.add_metric(["not_json"], counts.decode.not_json)
         yield repaired
+        yield CounterMetricFamily(
+            metric_name("log_lines_excluded"),
+            "Lines read but not sent: their pod asks so (observer.dev/exclude).",
+            value=counts.decode.excluded,
+        )
         yield CounterMetricFamily(
             metric_name("log_file_truncations"),
             "Log files found truncated (copytruncate).",
@@ -134,10 +143,29 @@ async def run(
     tailer = Tailer(settings, checkpoints, queue, metadata=metadata)
     metadata_task = None
     if metadata is not None:
+        metadata.in_use = functools.partial(pods_being_read, tailer)
         metadata_task = asyncio.create_task(metadata.run(), name="pod metadata")
         metadata_task.add_done_callback(_metadata_stopped)
     for sink in sinks:
         await sink.start()
+    # The kubelet's Events and container restarts (observer/agent/events.py): following only.
+    events = None
+    if metadata is not None and config.sources.kube_events.enabled and not once:
+        event_sink_list, events_own_sinks = event_sinks(config, registry, sinks)
+        events = KubeletEventSource(
+            config.sources.kube_events, metadata, event_sink_list, config.state_dir
+        )
+        for sink in events_own_sinks:
+            await sink.start()
+        await events.start()
+    # Spans from workloads and sidecars, to the collectors (observer/agent/spans): following only.
+    spans = None
+    if config.sources.spans.enabled and not once:
+        # Imported only when enabled: gRPC and the span path are not needed otherwise.
+        from observer.agent.spans import SpanPipeline
+
+        spans = SpanPipeline(config.sources.spans, config.sinks.collector, metadata, registry)
+        await spans.start()
     telemetry = None
     if not once:
         build_info(registry, "agent")
@@ -146,11 +174,18 @@ async def run(
         for sink in sinks:
             telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)
         if metadata is not None:
-            registry.register(KubeMetrics(metadata))
+            others = {"events": events.watch.reflector} if events is not None else None
+            registry.register(KubeMetrics(metadata, others))
+        if events is not None:
+            registry.register(KubeletEventMetrics(events))
+            for sink in events_own_sinks:
+                telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)
         if metadata is not None or metadata_problem is not None:
             telemetry.readiness_checks["kubernetes metadata synced"] = _metadata_readiness(
                 metadata, metadata_problem
             )
+        if spans is not None:
+            telemetry.readiness_checks["span collectors known"] = _spans_readiness(spans.ready)
         await telemetry.start()
     if metadata is not None:
         # Bounded: an unreachable API server delays the start by this much, never more.
@@ -238,8 +273,16 @@ async def run(
             task.cancel()
         if watcher is not None:
             watcher.stop()
+        if spans is not None:  # receivers stop, then what they took is delivered
+            await spans.stop(config.shutdown_timeout)
         if telemetry is not None:
             await telemetry.stop()
+        if events is not None:
+            # Its records were being delivered while the logs drained; what is left is made
+            # again from the watch at the next start (the resume point stays before it).
+            await events.stop(drain_for=min(1.0, config.shutdown_timeout))
+            for sink in events_own_sinks:
+                await sink.stop()
         if metadata_task is not None and metadata is not None:
             metadata_task.cancel()
             await asyncio.wait({metadata_task})
@@ -297,6 +340,15 @@ def pod_metadata_cache(config: AgentConfig) -> tuple[PodMetadataCache | None, st
     return cache, None
 
 
+def pods_being_read(tailer: Tailer) -> set[str]:
+    """UIDs of the pods whose log files are open, or on disk and not opened yet: the
+    metadata cache keeps a deleted pod among them until its lines are read."""
+    uids = {tailed.origin.uid for tailed in tailer.files.values()}
+    with contextlib.suppress(OSError), os.scandir(tailer.root) as entries:
+        uids.update(entry.name.rpartition("_")[2] for entry in entries)
+    return uids
+
+
 def _metadata_stopped(task: asyncio.Task[None]) -> None:
     """The cache retries API failures itself; anything else is a bug, said loudly once.
 
@@ -313,6 +365,13 @@ def _metadata_readiness(cache: PodMetadataCache | None, problem: str | None) -> 
         if cache is None:
             return problem
         return None if cache.synced.is_set() else "pods and namespaces not listed yet"
+
+    return check
+
+
+def _spans_readiness(ready: Callable[[], str | None]) -> ReadinessCheck:
+    async def check() -> str | None:
+        return ready()
 
     return check
 

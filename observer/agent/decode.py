@@ -35,7 +35,9 @@ from typing import Any
 import orjson
 
 from observer.agent.checkpoint import Replay
-from observer.agent.multiline import Emit, Joiner
+from observer.agent.multiline import Emit, Joiner, rules_for
+from observer.config import MultilineConfig
+from observer.kube.annotations import NO_HINTS, CollectionHints, Parser
 
 Document = dict[str, Any]
 
@@ -87,6 +89,10 @@ class DecodeCounts:
     malformed: int = 0
     truncated: int = 0
     invalid_utf8: int = 0
+    not_json: int = 0
+    """Lines of a container annotated ``observer.dev/parser: json`` that were not JSON objects."""
+    excluded: int = 0
+    """Lines read but not sent: their container is annotated ``observer.dev/exclude``."""
 
 
 @dataclass(slots=True)
@@ -129,6 +135,48 @@ class Decoder:
         self._replay: Replay | None = None
         # Lines before this offset may have been delivered already (see `replay`); 0: none.
         self._replay_until = 0
+        # What the pod's observer.dev/* annotations ask (`steer`); the configured joiner is
+        # kept to return to when an annotation goes away.
+        self._hints = NO_HINTS
+        self._configured_joiner = joiner
+        self._excluded = False
+        self._parser: Parser = "auto"
+        self._carry: list[Document] = []
+        """Documents of stack traces emitted when the joiner was swapped, sent next."""
+
+    def steer(self, hints: CollectionHints, multiline: MultilineConfig) -> None:
+        """Apply the pod's ``observer.dev/*`` annotations for this container (see
+        `observer.kube.annotations`): exclusion, the body parser, the multiline joiner."""
+        if hints == self._hints:
+            return
+        self._hints = hints
+        self._parser = hints.parser
+        if hints.exclude and not self._excluded:
+            # What is held back would never be completed: it is excluded too.
+            self._pending.clear()
+            if self._joiner is not None:
+                self._joiner.groups.clear()
+            self._carry = []
+        self._excluded = hints.exclude
+        joiner = self._configured_joiner
+        if hints.multiline is False:
+            joiner = None
+        elif hints.multiline:
+            languages = hints.languages or tuple(multiline.languages)
+            joiner = Joiner(
+                rules_for(frozenset(languages)),
+                multiline.max_lines,
+                self.max_line_bytes,
+                multiline.max_wait,
+            )
+        if joiner is not self._joiner:
+            if self._joiner is not None and self._joiner.groups:
+                emitted: list[Emit] = []
+                self._joiner.flush(None, emitted)
+                self._joined(emitted, self._carry)
+            self._joiner = joiner
+            self._joining = joiner.groups if joiner else ()
+            self._may_start = joiner.rules.may_start if joiner else _never_starts
 
     def set_metadata(self, kubernetes: Document | None, container: Document | None) -> None:
         """Replace the per-file ``kubernetes`` and ``container`` parts of later documents with
@@ -181,14 +229,16 @@ class Decoder:
 
     @property
     def joining(self) -> bool:
-        """A stack trace is being joined: `flush` will emit it once its stream is quiet."""
-        return self._joiner is not None and bool(self._joiner.groups)
+        """A stack trace is being joined: `flush` will emit it once its stream is quiet (or
+        one was finished when the joiner changed, and `flush` emits it now)."""
+        return bool(self._carry) or (self._joiner is not None and bool(self._joiner.groups))
 
     def flush(self, now: float | None) -> list[Document]:
         """Stack traces whose stream had no line for the joiner's `max_wait` up to `now`;
         every one when `now` is None (the file is finished). Partials are kept: their
         closing part may still come, and the resume offset stays before them."""
-        documents: list[Document] = []
+        documents: list[Document] = self._carry
+        self._carry = []
         if self._joiner is not None and self._joiner.groups:
             emitted: list[Emit] = []
             self._joiner.flush(now, emitted)
@@ -202,7 +252,11 @@ class Decoder:
         stream has been quiet for the joiner's `max_wait` by then is emitted at the end.
         """
         self._now = now
-        documents: list[Document] = []
+        if self._excluded:
+            self.counts.excluded += data.count(b"\n")
+            return []
+        documents: list[Document] = self._carry
+        self._carry = []
         position = offset
         for line in data.split(b"\n")[:-1]:
             line_offset = position
@@ -325,8 +379,12 @@ class Decoder:
             document["log"]["flags"] = ["truncated", "multiline"] if joined else ["truncated"]
         elif joined:
             document["log"]["flags"] = ["multiline"]
-        elif message.startswith("{") and message.endswith("}"):
-            parse_json_body(document, message)
+        elif self._parser == "auto":
+            if message.startswith("{") and message.endswith("}"):
+                parse_json_body(document, message)
+        elif self._parser == "json" and not parse_json_body(document, message):
+            document["error"] = {"message": "not a JSON object (observer.dev/parser: json)"}
+            self.counts.not_json += 1
         return document
 
     def _malformed(self, line: bytes, offset: int, why: str, out: list[Document]) -> None:
@@ -357,8 +415,9 @@ _TRACE_KEYS = ("trace_id", "traceId", "traceid")
 _SPAN_KEYS = ("span_id", "spanId", "spanid")
 
 
-def parse_json_body(document: Document, body: str) -> None:
-    """Lift the fields of a structured (JSON object) log line into ECS fields.
+def parse_json_body(document: Document, body: str) -> bool:
+    """Lift the fields of a structured (JSON object) log line into ECS fields; False when
+    the body is not a JSON object (the document is left as it was).
 
     The message, level, trace and span ids move to ``message``, ``log.level``,
     ``trace.id`` and ``span.id``; every other key stays under ``json`` so that no
@@ -367,9 +426,9 @@ def parse_json_body(document: Document, body: str) -> None:
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return
+        return False
     if not isinstance(fields, dict):
-        return
+        return False
     for key in _MESSAGE_KEYS:
         if isinstance(fields.get(key), str):
             document["message"] = fields.pop(key)
@@ -386,6 +445,7 @@ def parse_json_body(document: Document, body: str) -> None:
         document["span"] = {"id": span_id}
     if fields:
         document["json"] = fields
+    return True
 
 
 def _pop_hex_id(fields: dict[str, Any], keys: tuple[str, ...], width: int) -> str | None:

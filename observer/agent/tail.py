@@ -18,6 +18,10 @@ How nothing is lost:
   between two scans). Compressed rotations (.gz) are not read.
 - Reading stops when the queue to the sinks is full: the files are the buffer.
 
+How lines stay in order: a container's files are read oldest first, one at a time, the
+age of a file being the runtime's timestamp on its first line. Names would mislead: a
+file may be renamed and deleted between two scans, and is then known only by its old name.
+
 When something is lost anyway, it is counted: a ``.gz`` whose uncompressed source was not
 read to its end before it was compressed and deleted (the agent was down, or the file was
 created and rotated twice between scans). The kubelet writes ``<name>.tmp``, renames it to
@@ -45,19 +49,25 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
 import os
+import re
 import stat
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.decode import DecodeCounts, Decoder, Document, Origin
 from observer.agent.multiline import Joiner, rules_for
 from observer.config import PodLogFilter, PodLogsConfig
+from observer.kube.annotations import CollectionHints
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,10 @@ class PodMetadata(Protocol):
         self, uid: str, container: str, restart_count: int
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The ``kubernetes`` and ``container`` parts of the file's documents; None: unknown."""
+        ...
+
+    def collection(self, uid: str, container: str) -> CollectionHints:
+        """What the pod's ``observer.dev/*`` annotations ask for this container's logs."""
         ...
 
 
@@ -116,22 +130,21 @@ class TailedFile:
     """The metadata cache's version when this file's metadata was last looked up."""
     enriched: bool = False
     """Its documents carry the pod's metadata (kept once found, also after the pod is gone)."""
-    gone: bool = False
-    """The last scan did not find it: deleted (compressed) before a scan saw its new name."""
-
-    @property
-    def live(self) -> bool:
-        """The runtime may still write to it: not rotated away, as far as the scans know."""
-        return not self.gone and self.path.name.endswith(".log")
+    opened: int = 0
+    """Its place among the files opened in this run."""
+    first_written: float = math.inf
+    """When its first line was written, by the runtime's timestamp: the files of a container
+    are read in that order, whatever names the scans last saw them under."""
 
     @property
     def container_directory(self) -> Path:
         return self.path.parent
 
 
-def fingerprint(handle: int, device_inode: tuple[int, int]) -> str | None:
-    """Device, inode and a checksum of the first line; None until a first line exists."""
-    checksum = _first_line_checksum(os.pread(handle, FINGERPRINT_BYTES, 0))
+def fingerprint(head: bytes, device_inode: tuple[int, int]) -> str | None:
+    """Device, inode and a checksum of the first line, given the file's first
+    FINGERPRINT_BYTES; None until a first line exists."""
+    checksum = _first_line_checksum(head)
     if checksum is None:
         return None
     return f"{device_inode[0]}:{device_inode[1]}:{checksum}"
@@ -295,9 +308,6 @@ class Tailer:
             else:
                 self._consider(path, info)
         self._ignored &= present  # forget files that are gone, so the set stays small
-        seen = {(device, inode) for device, inode, *_ in present}
-        for tailed in self.files.values():
-            tailed.gone = tailed.device_inode not in seen
         # After every file was considered: a source still on disk is open by now.
         self._account_compressed(compressed)
         self._first_install = False
@@ -325,7 +335,8 @@ class Tailer:
             handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return  # gone between the scan and the open; a later scan will see the truth
-        key = fingerprint(handle, device_inode)
+        head = os.pread(handle, FINGERPRINT_BYTES, 0)
+        key = fingerprint(head, device_inode)
         if key is None:
             os.close(handle)  # no complete first line yet; the next scan tries again
             return
@@ -342,7 +353,15 @@ class Tailer:
         )
         decoder.replay(replay)
         tailed = self.files[device_inode] = TailedFile(
-            key, path, origin, handle, device_inode, offset, decoder
+            key,
+            path,
+            origin,
+            handle,
+            device_inode,
+            offset,
+            decoder,
+            first_written=first_line_time(head),
+            opened=self.counts.files_opened,
         )
         if self.metadata is not None:
             self._enrich(tailed, self.metadata)
@@ -356,7 +375,7 @@ class Tailer:
         progressed = False
         draining: set[Path] = set()
         for tailed in sorted(self.files.values(), key=_reading_order):
-            # A container's rotated file is read to its end before its current file.
+            # A container's older file is read to its end before its newer ones.
             if tailed.container_directory in draining:
                 # Not polled, so not known to be at its end: it must not be closed as idle
                 # (a deleted file with unread lines would lose them).
@@ -371,7 +390,7 @@ class Tailer:
             read = await self._read(tailed)
             progressed |= read
             # A stack trace still held counts as unread: it goes before the newer file's lines.
-            if (read or tailed.decoder.joining) and not tailed.live:
+            if read or tailed.decoder.joining:
                 draining.add(tailed.container_directory)
         return progressed
 
@@ -413,6 +432,9 @@ class Tailer:
         found = metadata.fields(origin.uid, origin.container, origin.restart_count)
         if found is not None:
             tailed.decoder.set_metadata(*found)
+            tailed.decoder.steer(
+                metadata.collection(origin.uid, origin.container), self.settings.multiline
+            )
             tailed.enriched = True
         elif not tailed.enriched:
             tailed.decoder.set_metadata(None, None)
@@ -562,7 +584,11 @@ class Tailer:
             if sources is None:
                 sources = self._checkpoints_by_first_line()
             checksum = _first_line_checksum(head)
-            read = sources.get((str(path.parent), checksum)) if checksum else None
+            if checksum is None:
+                # Not a whole first line: still being written by something other than the
+                # kubelet (which renames a finished .tmp), or damaged. Judged at a later scan.
+                continue
+            read = sources.get((str(path.parent), checksum))
             if read is not None:
                 if read in open_keys or self.checkpoints.has_pending(read):
                     continue  # still being read through its descriptor: judge once closed
@@ -612,19 +638,40 @@ def _unchanged(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _reading_order(tailed: TailedFile) -> tuple[Path, int, int, int, str]:
-    # Within a container directory: rotated files (0.log.<time>) before live ones (0.log).
-    # A file gone from the tree is older than every rotated file still there; among those
-    # gone, one last seen as the live file (deleted before a scan saw it renamed) is newer
-    # than those last seen rotated, and the sort keeps such files in the order they opened.
-    name = tailed.path.name
+def _reading_order(tailed: TailedFile) -> tuple[Path, int, float, int]:
+    # Names are no guide: a scan may not have seen a file renamed before it was deleted, or
+    # may see the rotated file and the new live file in the same pass. The runtime's
+    # timestamps are: a newer file's first line was written after the older file's.
     return (
         tailed.container_directory,
-        int(tailed.live),
-        int(not tailed.gone),
-        int(name.endswith(".log")),
-        name,
+        tailed.origin.restart_count,
+        tailed.first_written,
+        tailed.opened,
     )
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def first_line_time(head: bytes) -> float:
+    """When the first line of a file was written, in nanoseconds since the epoch, from its
+    CRI or docker json-file time (RFC 3339 with up to nine fraction digits, trailing zeros
+    trimmed, as Go's RFC3339Nano writes it); infinity when it cannot be read (such a file is
+    taken as the newest of its container)."""
+    first = head.partition(b"\n")[0]
+    try:
+        if first.startswith(b"{"):
+            stamp = str(orjson.loads(first)["time"])
+        else:
+            stamp = first.partition(b" ")[0].decode("ascii")
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return math.inf
+    parsed = _RFC3339.fullmatch(stamp)
+    if parsed is None:
+        return math.inf
+    seconds, fraction, zone = parsed.groups()
+    when = datetime.fromisoformat(seconds + ("+00:00" if zone == "Z" else zone))
+    return int(when.timestamp()) * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

@@ -6,9 +6,10 @@ state the API server sees two long-lived watches per agent and no lists.
 
 Pods are indexed by UID (log paths carry it) and by IP (spans are enriched by peer
 address; pods on the host network share the node's address and are left out of that
-index). A deleted pod stays for `deleted_pod_grace`, so that lines read after its deletion
-are still enriched; a recreated pod (a StatefulSet's, same name) has a new UID and its own
-entry.
+index). A deleted pod stays for `deleted_pod_grace`, and after that while `in_use` names
+it (its log files are still open or on disk), so that lines read after its deletion are
+still enriched however late; a recreated pod (a StatefulSet's, same name) has a new UID
+and its own entry.
 
 The workload is read from the controller's ownerReference; two kinds are one step
 further up: a ReplicaSet names its Deployment, a Job its CronJob. Those are fetched with
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ import httpx2 as httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from observer.kube.annotations import NO_HINTS, CollectionHints, collection_hints, steering
+from observer.kube.annotations import problems as annotation_problems
 from observer.kube.client import ApiStatusError, JsonObject, KubeApi
 from observer.kube.reflector import Reflector
 from observer.telemetry import metric_name
@@ -95,6 +98,8 @@ class PodEntry:
     """Image by container name, from the spec (init and ephemeral containers too)."""
     container_ids: dict[tuple[str, int], str]
     """Runtime id by (container name, restart count): the current and the previous run."""
+    steering: dict[str, str]
+    """Its ``observer.dev/*`` annotations, prefix removed (`observer.kube.annotations`)."""
     deleted_at: float | None = field(default=None, compare=False)
 
     @classmethod
@@ -146,6 +151,7 @@ class PodEntry:
             owner=owner,
             images=images,
             container_ids=container_ids,
+            steering=steering(metadata.get("annotations")),
         )
 
 
@@ -162,12 +168,18 @@ class PodMetadataCache:
         deleted_pod_grace: float = 300.0,
         annotations: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        in_use: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.api = api
         self.node_name = node_name
         self.deleted_pod_grace = deleted_pod_grace
         self.annotations = tuple(annotations)
         self.clock = clock
+        self.in_use = in_use
+        """UIDs of pods whose log files are still being read: a deleted pod among them is
+        kept past its grace period, until its files are drained."""
+        self.pod_listeners: list[Callable[[str, JsonObject], None]] = []
+        """Also called with every watch event of this node's pods (container restarts)."""
         self.pods_reflector = Reflector(
             api,
             "/api/v1/pods",
@@ -189,6 +201,8 @@ class PodMetadataCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self.version = 0
         """Changes whenever the fields of some pod may have changed."""
+        self.annotation_errors = 0
+        """``observer.dev/*`` annotations ignored because they could not be understood."""
         self.synced = asyncio.Event()
         """Set once pods and namespaces have both been listed."""
 
@@ -227,11 +241,16 @@ class PodMetadataCache:
                 self._resolve_owner(entry)
 
     def prune(self) -> None:
-        """Forget pods deleted longer than the grace period ago, the owners no pod names any
-        more, and deleted namespaces no pod is in."""
+        """Forget pods deleted longer than the grace period ago whose log files are not being
+        read any more, the owners no pod names any more, and deleted namespaces no pod is in."""
         now = self.clock()
+        reading: Collection[str] | None = None
         for uid, entry in list(self.pods.items()):
             if entry.deleted_at is not None and now - entry.deleted_at >= self.deleted_pod_grace:
+                if reading is None:
+                    reading = self.in_use()
+                if uid in reading:
+                    continue  # lines of it are still to be read: they need its metadata
                 del self.pods[uid]
                 self._unindex_ips(entry)
         owners = {entry.owner[2] for entry in self.pods.values() if entry.owner}
@@ -251,6 +270,13 @@ class PodMetadataCache:
 
     def pod(self, uid: str) -> PodEntry | None:
         return self.pods.get(uid)
+
+    def collection(self, uid: str, container: str) -> CollectionHints:
+        """What the pod's ``observer.dev/*`` annotations ask for this container's logs."""
+        entry = self.pods.get(uid)
+        if entry is None or not entry.steering:
+            return NO_HINTS
+        return collection_hints(entry.steering, container)
 
     def pod_by_ip(self, ip: str) -> PodEntry | None:
         uid = self.pods_by_ip.get(ip)
@@ -300,6 +326,11 @@ class PodMetadataCache:
     # --- watch events --------------------------------------------------------------------
 
     def _pod_event(self, kind: str, pod: JsonObject) -> None:
+        self._update_pod(kind, pod)
+        for listener in self.pod_listeners:
+            listener(kind, pod)
+
+    def _update_pod(self, kind: str, pod: JsonObject) -> None:
         uid = pod["metadata"]["uid"]
         old = self.pods.get(uid)
         if kind == "DELETED":
@@ -309,6 +340,8 @@ class PodMetadataCache:
         entry = PodEntry.from_pod(pod, self.annotations)
         if old is not None and old == entry and old.deleted_at is None:
             return  # a status change that no record shows (conditions, probes...)
+        if entry.steering and (old is None or old.steering != entry.steering):
+            self._check_steering(entry)
         self.pods[uid] = entry
         if old is not None:
             self._unindex_ips(old)
@@ -316,6 +349,16 @@ class PodMetadataCache:
             self.pods_by_ip[ip] = uid
         self.version += 1
         self._resolve_owner(entry)
+
+    def _check_steering(self, entry: PodEntry) -> None:
+        """Annotations under our prefix that will be ignored: a warning, and a count."""
+        found = annotation_problems(entry.steering)
+        if found:
+            self.annotation_errors += len(found)
+            log.warning(
+                "A pod's observer.dev annotations cannot all be used; those are ignored.",
+                extra={"namespace": entry.namespace, "pod": entry.name, "problems": found},
+            )
 
     def _unindex_ips(self, entry: PodEntry) -> None:
         for ip in entry.ips:
@@ -396,8 +439,10 @@ class PodMetadataCache:
 class KubeMetrics(Collector):
     """The cache's size and the API traffic it causes, read at scrape time."""
 
-    def __init__(self, cache: PodMetadataCache) -> None:
+    def __init__(self, cache: PodMetadataCache, others: Mapping[str, Reflector] | None = None):
         self.cache = cache
+        self.others = dict(others or {})
+        """Other reflectors on the same connection, by resource (the kubelet's Events)."""
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         cache = self.cache
@@ -409,8 +454,14 @@ class KubeMetrics(Collector):
         size.add_metric(["pods"], len(cache.pods))
         size.add_metric(["namespaces"], len(cache.namespace_labels))
         size.add_metric(["owners"], len(cache.owners))
+        for resource, other in self.others.items():
+            size.add_metric([resource], len(other.store))
         yield size
-        reflectors = (("pods", cache.pods_reflector), ("namespaces", cache.namespaces_reflector))
+        reflectors = (
+            ("pods", cache.pods_reflector),
+            ("namespaces", cache.namespaces_reflector),
+            *self.others.items(),
+        )
         relists = CounterMetricFamily(
             metric_name("kubernetes_relists"),
             "Full lists of a resource: one at start, then only after 410 Gone.",
@@ -434,3 +485,8 @@ class KubeMetrics(Collector):
         for verb, count in sorted(cache.api.requests_by_verb.items()):
             requests.add_metric([verb], count)
         yield requests
+        yield CounterMetricFamily(
+            metric_name("kubernetes_annotation_errors"),
+            "observer.dev/* pod annotations ignored because they could not be understood.",
+            value=cache.annotation_errors,
+        )

@@ -37,6 +37,8 @@ class Reflector:
         on_event: EventHandler | None = None,
         backoff_initial: float = 0.8,
         backoff_max: float = 30.0,
+        keep: Callable[[JsonObject], bool] | None = None,
+        resource_version: str = "",
     ) -> None:
         self.api = api
         self.path = path
@@ -44,10 +46,17 @@ class Reflector:
         self.on_event = on_event
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.keep = keep
+        """Objects it rejects are neither stored nor handled: a condition on a field the
+        server cannot select on (an Event's ``source.host``)."""
         self.store: dict[str, JsonObject] = {}
         """Objects by metadata.uid, as the server last described them."""
         self.synced = asyncio.Event()
-        self.resource_version = ""
+        self.resource_version = resource_version
+        """Where the next watch starts; given at construction, it resumes a saved position
+        without a list (a `410 Gone` then lists as usual)."""
+        self.listing = False
+        """True while the handler sees the objects of a list (not changes from a watch)."""
         self.relists = 0
         self.watch_restarts = 0
 
@@ -77,12 +86,21 @@ class Reflector:
     async def _relist(self) -> None:
         listed = await self.api.list(self.path, {**self.params, "resourceVersion": "0"})
         self.relists += 1
-        fresh = {item["metadata"]["uid"]: item for item in listed.get("items", [])}
+        keep = self.keep
+        fresh = {
+            item["metadata"]["uid"]: item
+            for item in listed.get("items", [])
+            if keep is None or keep(item)
+        }
         gone = [uid for uid in self.store if uid not in fresh]
-        for uid in gone:
-            self._apply("DELETED", self.store[uid])
-        for item in fresh.values():
-            self._apply("MODIFIED" if item["metadata"]["uid"] in self.store else "ADDED", item)
+        self.listing = True
+        try:
+            for uid in gone:
+                self._apply("DELETED", self.store[uid])
+            for item in fresh.values():
+                self._apply("MODIFIED" if item["metadata"]["uid"] in self.store else "ADDED", item)
+        finally:
+            self.listing = False
         self.resource_version = listed["metadata"]["resourceVersion"]
         self.synced.set()
         log.debug(
@@ -107,6 +125,8 @@ class Reflector:
         self.watch_restarts += 1
 
     def _apply(self, kind: str, item: JsonObject) -> None:
+        if self.keep is not None and not self.keep(item):
+            return
         uid = item["metadata"]["uid"]
         if kind == "DELETED":
             self.store.pop(uid, None)

@@ -70,14 +70,17 @@ def test_check_config_show_prints_the_effective_configuration(tmp_path: Path) ->
     assert "listen: 0.0.0.0:9464" in result.stdout
 
 
-def test_commands_not_built_yet_say_so_and_fail() -> None:  # the collector, for now
-    """A deployable that does not exist yet exits 2 with a JSON log line saying so."""
-    result = observer("collector", "--config", REPO / "collector" / "collector.yaml")
-    assert result.returncode == 2
+def test_collector_with_an_invalid_configuration_exits_1_naming_the_problem(
+    tmp_path: Path,
+) -> None:
+    """observer collector refuses a bad file before starting: exit 1, a JSON log line with the key path."""
+    config = tmp_path / "collector.yaml"
+    config.write_text("receivers: {otlp_grpc: {enabled: false}, otlp_http: {enabled: false}}\n")
+    result = observer("collector", "--config", config)
+    assert result.returncode == 1
     entry = json.loads(result.stderr.splitlines()[-1])
     assert entry["level"] == "error"
-    assert "not built yet" in entry["message"]
-    assert entry["command"] == "collector"
+    assert entry["problem"] == "receivers: enable at least one receiver"
 
 
 def test_demo_runs_the_agent_on_its_embedded_example() -> None:

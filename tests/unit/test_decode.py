@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from observer.agent.decode import TRUNCATED_MARK, Decoder, Origin
+from observer.agent.tail import first_line_time
 
 ROOT = Path("/var/log/pods")
 PATH = ROOT / "shop_checkout-7d9f8-x2x_0f9e8d7c-1111-2222-3333-444455556666" / "app" / "2.log"
@@ -258,3 +259,26 @@ def test_json_body_that_is_not_an_object_stays_text() -> None:
     (document,) = decode(b"t stdout F {not json}\n")
     assert document["message"] == "{not json}"
     assert "json" not in document
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        (b"2026-11-21T10:00:00.1Z stdout F a\n", b"2026-11-21T10:00:00.15Z stdout F b\n"),
+        (b"2026-11-21T10:00:00Z stdout F a\n", b"2026-11-21T10:00:00.5Z stdout F b\n"),
+        (b"2026-11-21T11:59:59.9+01:00 stdout F a\n", b"2026-11-21T11:00:00Z stdout F b\n"),
+        (
+            b'{"log":"a\\n","stream":"stdout","time":"2026-11-21T10:00:00.000000001Z"}\n',
+            b'{"log":"b\\n","stream":"stdout","time":"2026-11-21T10:00:01Z"}\n',
+        ),
+        (
+            b"2026-11-21T10:00:00.000000001Z stdout F a\n",
+            b"2026-11-21T10:00:00.000000002Z stdout F b\n",
+        ),
+        (b"2026-11-21T10:00:00Z stdout F a\n", b"not a log line\n"),
+    ],
+)
+def test_files_compare_by_when_their_first_line_was_written(older: bytes, newer: bytes) -> None:
+    """A container's files are ordered by their first line's time (RFC 3339 with trimmed
+    fractions and offsets, CRI or docker); a file whose time cannot be read is the newest."""
+    assert first_line_time(older) < first_line_time(newer)

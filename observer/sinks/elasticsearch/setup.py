@@ -22,7 +22,7 @@ from observer.config import ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 3
 """Bump when a mapping below changes, so that running agents replace the template."""
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -76,6 +76,18 @@ LOG_MAPPINGS: dict[str, Any] = {
                     }
                 },
                 "container": {"properties": {"name": {"type": "keyword"}}},
+                # Elastic's kubernetes.event field names; the other strings are keywords.
+                "event": {
+                    "properties": {
+                        "count": {"type": "long"},
+                        "timestamp": {
+                            "properties": {
+                                "first_occurrence": {"type": "date"},
+                                "last_occurrence": {"type": "date"},
+                            }
+                        },
+                    }
+                },
             }
         },
         "container": {
@@ -88,6 +100,31 @@ LOG_MAPPINGS: dict[str, Any] = {
         "trace": {"properties": {"id": {"type": "keyword"}}},
         "span": {"properties": {"id": {"type": "keyword"}}},
         "error": {"properties": {"message": {"type": "text"}}},
+        # Records of the kubelet's Events (the kubernetes.event dataset, observer/agent/events.py).
+        "event": {
+            "properties": {
+                "id": {"type": "keyword"},
+                "kind": {"type": "keyword"},
+                "provider": {"type": "keyword"},
+                "reason": {"type": "keyword"},
+                "action": {"type": "keyword"},
+            }
+        },
+        "probe": {
+            "properties": {
+                "kind": {"type": "keyword"},
+                "result": {"type": "keyword"},
+                "type": {"type": "keyword"},
+            }
+        },
+        "http": {"properties": {"response": {"properties": {"status_code": {"type": "long"}}}}},
+        "process": {
+            "properties": {
+                "exit_code": {"type": "long"},
+                "name": {"type": "keyword"},
+                "pid": {"type": "long"},
+            }
+        },
         # Keys of structured bodies are the application's: one field, never a mapping
         # conflict or a mapping explosion.
         # ignore_above: a value past Lucene's 32 KB term limit is kept in _source, unindexed,

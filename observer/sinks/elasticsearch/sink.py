@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,8 +60,19 @@ _STILL_WAITING_LOG_INTERVAL = 30.0
 
 def document_id(node: str, source: str, offset: int) -> str:
     """20 URL-safe characters, like Elasticsearch's own ids, from where the line was read."""
-    digest = hashlib.blake2b(f"{node}|{source}|{offset}".encode(), digest_size=15).digest()
+    return _short_id(f"{node}|{source}|{offset}")
+
+
+def _short_id(seed: str) -> str:
+    digest = hashlib.blake2b(seed.encode(), digest_size=15).digest()
     return base64.urlsafe_b64encode(digest).decode()
+
+
+def _field(document: Document, path: tuple[str, ...]) -> Any:
+    value: Any = document
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 @dataclass(eq=False, slots=True)
@@ -180,9 +192,19 @@ class _Metrics:
         )
 
 
-class ElasticsearchSink:
-    name = "elasticsearch"
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+"""One set per registry, shared by the sinks that write to it (logs, kubelet events)."""
 
+
+def _metrics_for(registry: CollectorRegistry | None) -> _Metrics:
+    if registry is None:
+        return _Metrics(None)
+    if registry not in _METRICS:
+        _METRICS[registry] = _Metrics(registry)
+    return _METRICS[registry]
+
+
+class ElasticsearchSink:
     def __init__(
         self,
         settings: ElasticsearchSinkConfig,
@@ -190,12 +212,19 @@ class ElasticsearchSink:
         state_dir: Path,
         registry: CollectorRegistry | None = None,
         client: AsyncElasticsearch | None = None,
+        name: str = "elasticsearch",
+        id_from: str | None = None,
     ) -> None:
+        """`id_from`: the dotted path of a document field that identifies the record where
+        it came from (records that are not lines of a file, such as kubelet Events); the
+        ``_id`` is derived from it instead of from the file position."""
+        self.name = name
         self.settings = settings
         self.node_name = node_name
         self.dead_letter_file = state_dir / settings.dead_letter.file
         self.client = client or connect(settings, compress_requests=False)
-        self.metrics = _Metrics(registry)
+        self.metrics = _metrics_for(registry)
+        self._id_path = tuple(id_from.split(".")) if id_from else None
         bulk = settings.bulk
         self._max_held_bytes = bulk.max_bytes * (bulk.max_in_flight + 1)
         self._slots = asyncio.Semaphore(bulk.max_in_flight)
@@ -213,7 +242,9 @@ class ElasticsearchSink:
         self._data_stream_fields: dict[str, dict[str, str]] = {}
         stream = settings.data_stream
         self._default_target = self._target(stream.namespace)
-        self._route_path = stream.namespace_from.split(".") if stream.namespace_from else None
+        self._route_path = (
+            tuple(stream.namespace_from.split(".")) if stream.namespace_from else None
+        )
 
     # --- the Sink protocol ---------------------------------------------------------------
 
@@ -274,9 +305,7 @@ class ElasticsearchSink:
     def _route(self, document: Document) -> str:
         if self._route_path is None:
             return self._default_target
-        value: Any = document
-        for key in self._route_path:
-            value = value.get(key) if isinstance(value, dict) else None
+        value = _field(document, self._route_path)
         if not isinstance(value, str) or not value:
             return self._default_target
         # Data stream namespaces: lowercase, no '-', none of \ / * ? " < > | , # : or space.
@@ -289,7 +318,10 @@ class ElasticsearchSink:
     def _item(self, document: Document, source: str, batch: _Batch) -> _Item:
         target = self._route(document)
         document["data_stream"] = self._data_stream_fields[target]
-        item_id = document_id(self.node_name, source, document["log"]["offset"])
+        if self._id_path is None:
+            item_id = document_id(self.node_name, source, document["log"]["offset"])
+        else:
+            item_id = _short_id(str(_field(document, self._id_path)))
         action = b'{"create":{"_index":"%s","_id":"%s"}}\n' % (target.encode(), item_id.encode())
         line = action + orjson.dumps(document) + b"\n"
         return _Item(item_id, target, line, len(action), batch, len(line))
