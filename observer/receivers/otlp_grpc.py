@@ -1,0 +1,133 @@
+"""OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on grpc.aio.
+
+The method is registered with no deserializer, so the handler gets the request's bytes
+and decodes them itself: an undecodable request is then INVALID_ARGUMENT with a message,
+where a failing deserializer would give INTERNAL. gRPC enforces the size limit
+(`max_request_bytes`, checked after decompression) and answers RESOURCE_EXHAUSTED itself;
+`max_concurrent_requests` past the limit are refused by gRPC the same way.
+
+Overload answers carry `google.rpc.RetryInfo` in `grpc-status-details-bin`, which makes
+RESOURCE_EXHAUSTED retryable for OTLP clients (OTLP spec, "OTLP/gRPC Throttling").
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from observer.protocols import otlp
+from observer.receivers import (
+    RETRY_AFTER_SECONDS,
+    Admission,
+    IntakeCounts,
+    Refusal,
+    SpanConsumer,
+)
+
+log = logging.getLogger(__name__)
+
+RECEIVER = "otlp_grpc"
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+class OtlpGrpcReceiver:
+    def __init__(
+        self,
+        listen: str,
+        consume: SpanConsumer,
+        counts: IntakeCounts,
+        max_request_bytes: int = 20 << 20,
+        max_concurrent_requests: int = 64,
+    ) -> None:
+        self.listen = listen
+        self.consume = consume
+        self.counts = counts
+        self.max_request_bytes = max_request_bytes
+        self.max_concurrent_requests = max_concurrent_requests
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.max_request_bytes),
+                # Two agents must never share a port by accident (tests, misconfiguration).
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=self.max_concurrent_requests,
+        )
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    self._export, request_deserializer=None, response_serializer=None
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"OTLP/gRPC receiver: cannot listen on {self.listen}")
+        await server.start()
+        self._server = server
+        host = self.listen.rpartition(":")[0]
+        log.info("Receiving OTLP/gRPC spans.", extra={"listen": f"{host}:{self.port}"})
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting calls; calls in progress get `grace` seconds to finish."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def _export(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        peer = peer_ip(context.peer())
+        try:
+            request = otlp.decode_protobuf(body)
+        except otlp.PayloadError as error:
+            self.counts.refused(RECEIVER, Refusal.BAD_PAYLOAD, None, str(error), peer)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        checked = otlp.check_ids(request.resource_spans, encoded=body)
+        if checked.rejected:
+            self.counts.refused(
+                RECEIVER, Refusal.INVALID_ID, checked.rejected, checked.reason, peer
+            )
+        if checked.spans:
+            admission = await self.consume(checked.resource_spans, checked.spans, peer)
+            if admission is not Admission.ACCEPTED:
+                reason = Refusal(admission.value)
+                self.counts.refused(RECEIVER, reason, checked.spans, "", peer)
+                code = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                    if admission is Admission.FULL
+                    else grpc.StatusCode.UNAVAILABLE
+                )
+                message = (
+                    "the span queue is full; retry later"
+                    if admission is Admission.FULL
+                    else "no collector to send spans to now; retry later"
+                )
+                await context.abort(code, message, trailing_metadata=_retry_info(code, message))
+            self.counts.accepted(RECEIVER, checked.spans)
+        return otlp.response(checked.rejected, checked.reason).SerializeToString()
+
+
+def _retry_info(code: grpc.StatusCode, message: str) -> tuple[tuple[str, bytes], ...]:
+    detail = AnyMessage()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_AFTER_SECONDS)))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def peer_ip(peer: str) -> str | None:
+    """The IP address in gRPC's peer string: `ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`
+    (percent-encoded by some versions); None for other transports (unix sockets)."""
+    scheme, _, address = unquote(peer).partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return None
+    host = address.rpartition(":")[0]
+    return host.strip("[]") or None
