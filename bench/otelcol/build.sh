@@ -2,19 +2,23 @@
 # Build the OpenTelemetry Collector distribution described by manifest.yaml, once.
 #
 #   bench/otelcol/build.sh            # prints the binary's path on stdout
+#   OTELCOL_VERSION=0.157.0 OTELCOL_MANIFEST=bench/otelcol/servicegraph.yaml bench/otelcol/build.sh
 #
-# The binary is cached as ~/.cache/observer/bin/otelcol-observer-bench-<version> and never
-# rebuilt while it exists (delete it to rebuild). The build takes several minutes on two
-# cores; its output goes to ~/.cache/observer/build/otelcol-observer-bench-<version>.log.
+# The binary is cached as ~/.cache/observer/bin/<dist name>-<version> (the manifest's
+# `dist.name`; otelcol-observer-bench for manifest.yaml) and never rebuilt while it
+# exists (delete it to rebuild). The build takes several minutes on two
+# cores; its output goes to ~/.cache/observer/build/<dist name>-<version>.log.
 # Modules come from the Go module proxy and are checked against the checksum database as
 # usual; GOTOOLCHAIN=local so a module's `toolchain` line never fetches another Go.
 set -euo pipefail
 
 OTELCOL_VERSION="${OTELCOL_VERSION:-0.156.0}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+manifest="${OTELCOL_MANIFEST:-$here/manifest.yaml}"
+name="$(sed -n 's/^  name: *//p' "$manifest" | head -n 1)"
 cache="${OBSERVER_CACHE:-$HOME/.cache/observer}"
-bin="$cache/bin/otelcol-observer-bench-$OTELCOL_VERSION"
-work="$cache/build/otelcol-observer-bench-$OTELCOL_VERSION"
+bin="$cache/bin/$name-$OTELCOL_VERSION"
+work="$cache/build/$name-$OTELCOL_VERSION"
 log="$work.log"
 
 if [[ -x "$bin" ]]; then
@@ -35,7 +39,7 @@ if [[ ! -x "$ocb" ]]; then
 fi
 
 sed -e "s|OUTPUT_PATH|$work/src|" -e "s|^  version: .*|  version: $OTELCOL_VERSION|" \
-    "$here/manifest.yaml" >"$work/manifest.yaml"
+    "$manifest" >"$work/manifest.yaml"
 
 # The builder generates the sources and go.mod; resolving and compiling are done here
 # because the module proxy reachable from this machine lacks a few module versions, and
@@ -59,17 +63,17 @@ go mod tidy -e >>"$log" 2>&1
 # A newer Go than the release was built with may refuse an old dependency's
 # //go:linkname at link time; only then link with -checklinkname=0.
 ldflags="-s -w"
-if ! go build -trimpath -ldflags "$ldflags" -o otelcol-observer-bench . >>"$log" 2>&1; then
+if ! go build -trimpath -ldflags "$ldflags" -o "$name" . >>"$log" 2>&1; then
     if grep -q "linkname" "$log"; then
         echo "retrying with -ldflags=-checklinkname=0" | tee -a "$log" >&2
         ldflags="$ldflags -checklinkname=0"
-        go build -trimpath -ldflags "$ldflags" -o otelcol-observer-bench . >>"$log" 2>&1
+        go build -trimpath -ldflags "$ldflags" -o "$name" . >>"$log" 2>&1
     else
         tail -n 30 "$log" >&2
         exit 1
     fi
 fi
 
-install -m 0755 "$work/src/otelcol-observer-bench" "$bin"
+install -m 0755 "$work/src/$name" "$bin"
 "$bin" --version >&2
 echo "$bin"

@@ -125,3 +125,6 @@ class Trace:
     edges: list[Edge] = field(default_factory=list)
     # True when spans arrived after the trace was first emitted and were merged into it.
     late: bool = False
+    # On a late re-emission, how many of `spans` (a prefix) were in an earlier emission:
+    # a store may rewrite them all (ids are idempotent), counters count only the rest.
+    already_emitted: int = 0
