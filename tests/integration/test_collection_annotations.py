@@ -6,15 +6,12 @@ Pods live in the real kube-apiserver; the agent reads a kubelet-style log tree.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from observer.agent import app
-from observer.config import KubernetesConfig
 from observer.kube.client import KubeApi
 from observer.testing import PodLogTree
 from tests.integration.test_pod_metadata import (
@@ -40,25 +37,6 @@ PYTHON_TRACE = [
     "    run()",
     "ValueError: bad input",
 ]
-
-
-@pytest.fixture
-async def api(kube: KubeCluster) -> AsyncIterator[KubeApi]:
-    connection = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def node(kube_namespace: str) -> str:
-    return f"node-{kube_namespace}"
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 async def annotated_pod(

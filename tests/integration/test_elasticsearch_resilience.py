@@ -72,13 +72,6 @@ def count(node: Node) -> int:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
-
-
-@pytest.fixture
 def own_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
     settings = getattr(request, "param", None)
     node = elasticsearch.start(tmp_path / "elasticsearch", settings=settings)

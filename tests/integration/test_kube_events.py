@@ -11,15 +11,13 @@ import asyncio
 import base64
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from observer.agent.events import STATE_FILE
-from observer.config import AgentConfig, KubernetesConfig
+from observer.config import AgentConfig
 from observer.kube.client import KubeApi
 from tests.integration.test_pod_metadata import (
     MERGE_PATCH,
@@ -34,18 +32,6 @@ from tests.services.kubernetes import KubeCluster
 
 EVENTS = "logs-kubernetes.event-default"
 PROBE_MESSAGE = "Readiness probe failed: HTTP probe failed with statuscode: 500"
-
-
-@pytest.fixture
-async def api(kube: KubeCluster) -> AsyncIterator[KubeApi]:
-    connection = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def node(kube_namespace: str) -> str:
-    return f"node-{kube_namespace}"
 
 
 def agent_config(tmp_path: Path, node: str, kube: KubeCluster, es: Node) -> AgentConfig:

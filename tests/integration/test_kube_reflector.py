@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import pytest
-
-from observer.config import KubernetesConfig
 from observer.kube.client import KubeApi
 from observer.kube.reflector import Reflector
-from tests.services.kubernetes import KubeCluster
-
-
-@pytest.fixture
-async def api(kube: KubeCluster) -> AsyncIterator[KubeApi]:
-    connection = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
-    yield connection
-    await connection.close()
 
 
 def pod(name: str, node: str = "node-a") -> dict[str, object]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 
 from observer.agent import app
 from observer.agent.checkpoint import CheckpointStore
@@ -22,13 +20,6 @@ TRACE = [
     "    payload = json.loads(body)",
     "ValueError: bad payload",
 ]
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 def agent_config(tmp_path: Path, **pod_logs: object) -> AgentConfig:

@@ -6,11 +6,10 @@ import asyncio
 import collections
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
-import pytest
 
 from observer.agent import app
 from observer.config import AgentConfig
@@ -61,13 +60,6 @@ async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
     async with asyncio.timeout(within):
         while not condition():
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 async def test_second_run_resumes_from_the_checkpoint(tmp_path: Path, tree: PodLogTree) -> None:

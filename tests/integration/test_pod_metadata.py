@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from observer.agent import app
 from observer.agent.checkpoint import CheckpointStore
 from observer.agent.tail import Batch, Tailer
-from observer.config import AgentConfig, KubernetesConfig
+from observer.config import AgentConfig
 from observer.kube.client import KubeApi
 from observer.kube.metadata import PodMetadataCache
 from observer.testing import PodLogTree
@@ -25,26 +24,6 @@ from tests.services.process import free_port
 
 Documents = list[dict[str, Any]]
 MERGE_PATCH = "application/merge-patch+json"
-
-
-@pytest.fixture
-async def api(kube: KubeCluster) -> AsyncIterator[KubeApi]:
-    connection = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def node(kube_namespace: str) -> str:
-    """A node name of the test's own, so that no other test's pods are on it."""
-    return f"node-{kube_namespace}"
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 def agent_config(tmp_path: Path, node: str, kubeconfig: Path, **kubernetes: object) -> AgentConfig:

@@ -9,16 +9,13 @@ server has forgotten, and the API server stopped for a minute.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from observer.agent.app import pods_being_read
 from observer.agent.checkpoint import CheckpointStore
 from observer.agent.tail import Batch, Tailer
-from observer.config import KubernetesConfig
 from observer.kube.client import KubeApi
 from observer.kube.metadata import PodMetadataCache
 from observer.testing import PodLogTree
@@ -33,25 +30,6 @@ from tests.integration.test_pod_metadata import (
     until,
 )
 from tests.services.kubernetes import KubeCluster, _get_ok
-
-
-@pytest.fixture
-async def api(kube: KubeCluster) -> AsyncIterator[KubeApi]:
-    connection = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def node(kube_namespace: str) -> str:
-    return f"node-{kube_namespace}"
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 async def running(

@@ -11,7 +11,6 @@ import gzip
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,13 +68,6 @@ class Agent:
     @property
     def lost(self) -> int:
         return self.tailer.counts.bytes_lost_to_rotation
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[PodLogTree]:
-    pods = PodLogTree(tmp_path / "pods")
-    yield pods
-    pods.close()
 
 
 def rotate_twice_while_down(web: ContainerLog) -> Path:
