@@ -27,11 +27,9 @@ from observer.kube.client import KubeApi
 from observer.receivers import IntakeCounts
 from observer.receivers.otlp_grpc import OtlpGrpcReceiver
 from tests.integration.span_support import Recorder, assert_same_span, attributes, sdk_spans
-from tests.integration.test_pod_metadata import api, deployment_pod, node, set_running
+from tests.integration.test_pod_metadata import deployment_pod, set_running
 from tests.services.kubernetes import KubeCluster
 from tests.services.process import free_port
-
-__all__ = ["api", "node"]  # fixtures used by the tests below
 
 K8S_KEYS = ("k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.node.name")
 
