@@ -55,15 +55,19 @@ class Prometheus:
         targets: list[str] | None = None,
         rule_files: list[Path] | None = None,
         alertmanager: str | None = None,
+        jobs: dict[str, list[str]] | None = None,
     ) -> None:
-        """Scrape `targets` (host:port) as job "observer", evaluate `rule_files`, alert to `alertmanager`."""
+        """Scrape `targets` (host:port) as job "observer" and each of `jobs` (job name →
+        targets) under its name, evaluate `rule_files`, alert to `alertmanager`."""
+        scrape_jobs = {"observer": targets or [], **(jobs or {})}
         config: dict[str, Any] = {
             "global": {
                 "scrape_interval": self.scrape_interval,
                 "evaluation_interval": self.evaluation_interval,
             },
             "scrape_configs": [
-                {"job_name": "observer", "static_configs": [{"targets": targets or []}]}
+                {"job_name": job, "static_configs": [{"targets": job_targets}]}
+                for job, job_targets in scrape_jobs.items()
             ],
             "rule_files": [str(path) for path in rule_files or []],
         }
