@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.events import KubeletEventMetrics, KubeletEventSource, event_sinks
+from observer.agent.log_metrics import LogPathMetrics
 from observer.agent.tail import Batch, TailCounts, Tailer
 from observer.config import AgentConfig
 from observer.kube.client import KubeApi
@@ -170,6 +171,7 @@ async def run(
     if not once:
         build_info(registry, "agent")
         registry.register(TailMetrics(tailer.counts, lambda: len(tailer.files), queue.qsize))
+        registry.register(LogPathMetrics(tailer))
         telemetry = TelemetryServer(registry, config.telemetry.listen)
         for sink in sinks:
             telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)

@@ -71,6 +71,8 @@ class Handover:
     end: int
     replay: Replay | None = None
     settled: bool = False
+    read_at: float = 0.0
+    """When its lines were read: the age of the oldest data not yet delivered."""
 
 
 class CheckpointStore:
@@ -141,9 +143,14 @@ class CheckpointStore:
     def hand_over(self, key: str, end: int, replay: Replay | None = None) -> Handover:
         """Record a batch given to the sinks, after which reading would resume at `end`
         (skipping what `replay` says); `settle` it once every sink acknowledged it."""
-        handover = Handover(key, end, replay)
+        handover = Handover(key, end, replay, read_at=self.clock())
         self._pending[key].append(handover)
         return handover
+
+    def oldest_pending(self, key: str) -> float | None:
+        """When the oldest batch of a file that is not settled yet was read; None: none."""
+        pending = self._pending.get(key)
+        return pending[0].read_at if pending else None
 
     def settle(self, handover: Handover) -> None:
         """Every sink acknowledged the batch: advance over the settled prefix."""

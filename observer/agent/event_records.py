@@ -44,16 +44,6 @@ Document = dict[str, Any]
 _CONTAINER_FIELD_PATH = re.compile(
     r"spec\.(?:initContainers|containers|ephemeralContainers)\{(.+)\}"
 )
-_WORKLOAD_KEYS = ("deployment", "statefulset", "daemonset", "cronjob", "job", "replicaset")
-
-
-def workload_of(kubernetes: Document) -> str:
-    """``deployment/web``, ``statefulset/db``...; empty for a pod without a controller."""
-    for key in _WORKLOAD_KEYS:
-        owner = kubernetes.get(key)
-        if owner:
-            return f"{key}/{owner['name']}"
-    return ""
 
 
 def _pod_parts(

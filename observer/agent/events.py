@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from observer.agent.event_records import event_record, termination_record, workload_of
+from observer.agent.event_records import event_record, termination_record
 from observer.agent.kubelet_messages import (
     ACTION_OOM_KILLED,
     ACTION_PROBE_ERRORED,
@@ -56,6 +56,7 @@ from observer.config import AgentConfig, KubeEventsConfig
 from observer.kube.client import JsonObject
 from observer.kube.events import KubeletEvents, event_count
 from observer.kube.metadata import PodMetadataCache
+from observer.kube.workload import workload_of
 from observer.sinks import Sink
 from observer.sinks.file import FileSink
 from observer.telemetry import metric_name

@@ -65,9 +65,11 @@ import orjson
 
 from observer.agent.checkpoint import CheckpointStore, Handover
 from observer.agent.decode import DecodeCounts, Decoder, Document, Origin
+from observer.agent.log_metrics import LogRecordCounts
 from observer.agent.multiline import Joiner, rules_for
 from observer.config import PodLogFilter, PodLogsConfig
 from observer.kube.annotations import CollectionHints
+from observer.kube.workload import workload_of
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,13 @@ class TailedFile:
     first_written: float = math.inf
     """When its first line was written, by the runtime's timestamp: the files of a container
     are read in that order, whatever names the scans last saw them under."""
+    workload: str = ""
+    """Its pod's workload (`workload_of`), once the metadata cache has told."""
+    size: int = 0
+    """Its size when last seen (at a scan, or when reading reached its end)."""
+    caught_up_at: float = 0.0
+    """Wall-clock time when reading last reached its end: what is still unread was
+    written after that."""
 
     @property
     def container_directory(self) -> Path:
@@ -233,6 +242,7 @@ class Tailer:
         self.queue = queue
         self.clock = clock
         self.counts = TailCounts()
+        self.record_counts = LogRecordCounts()
         self.files: dict[tuple[int, int], TailedFile] = {}
         self._ignored: set[tuple[int, int, int, int]] = set()
         """`_unchanged` of rotated files read to their end and closed."""
@@ -316,6 +326,7 @@ class Tailer:
         device_inode = (info.st_dev, info.st_ino)
         tailed = self.files.get(device_inode)
         if tailed is not None:
+            tailed.size = info.st_size
             if tailed.path != path:
                 # Renamed by rotation: same file, new name, which the checkpoint follows so
                 # that it is pruned (or its .gz accounted for) under the name it ends with.
@@ -362,7 +373,9 @@ class Tailer:
             decoder,
             first_written=first_line_time(head),
             opened=self.counts.files_opened,
+            size=info.st_size,
         )
+        tailed.caught_up_at = self._unread_since(tailed)
         if self.metadata is not None:
             self._enrich(tailed, self.metadata)
         self.counts.files_opened += 1
@@ -432,6 +445,7 @@ class Tailer:
         found = metadata.fields(origin.uid, origin.container, origin.restart_count)
         if found is not None:
             tailed.decoder.set_metadata(*found)
+            tailed.workload = workload_of(found[0])
             tailed.decoder.steer(
                 metadata.collection(origin.uid, origin.container), self.settings.multiline
             )
@@ -442,6 +456,7 @@ class Tailer:
     async def _hand_over(self, tailed: TailedFile, documents: list[Document]) -> None:
         if self.metadata is not None and not tailed.enriched:
             self.counts.records_without_metadata += len(documents)
+        self.record_counts.count(tailed.origin.namespace, tailed.workload, documents)
         handover = self.checkpoints.hand_over(
             tailed.key, *tailed.decoder.resume_point(tailed.offset)
         )
@@ -458,6 +473,9 @@ class Tailer:
         limit = self.settings.max_line_bytes + 65536
         while True:
             data = os.pread(tailed.handle, size, tailed.offset)
+            if len(data) < size:
+                tailed.size = tailed.offset + len(data)
+                tailed.caught_up_at = time.time()
             end = data.rfind(b"\n") + 1
             if end:
                 return data[:end], end
@@ -466,6 +484,43 @@ class Tailer:
             if size >= limit:
                 return data + b"\n", len(data)
             size = min(size * 2, limit)
+
+    # --- how far behind ------------------------------------------------------------------
+
+    def open_workloads(self) -> set[tuple[str, str]]:
+        """(namespace, workload) of every open file."""
+        return {(tailed.origin.namespace, tailed.workload) for tailed in self.files.values()}
+
+    def checkpoint_lag(self, now: float) -> tuple[int, float]:
+        """Bytes of the open files not yet acknowledged by every sink, and the age in
+        seconds of the oldest of them at wall-clock time `now`.
+
+        The age is that of the oldest batch read and not settled, or, for bytes not read
+        yet, the time since reading last reached the file's end: an upper bound, exact
+        when reading stopped (backpressure).
+        """
+        behind_total = 0
+        oldest = now
+        for tailed in self.files.values():
+            behind = max(tailed.size, tailed.offset) - (self.checkpoints.offset(tailed.key) or 0)
+            if behind <= 0:
+                continue
+            behind_total += behind
+            read_at = self.checkpoints.oldest_pending(tailed.key)
+            if read_at is not None:
+                oldest = min(oldest, read_at)
+            if tailed.size > tailed.offset:
+                oldest = min(oldest, tailed.caught_up_at)
+        return behind_total, max(now - oldest, 0.0)
+
+    def _unread_since(self, tailed: TailedFile) -> float:
+        """For a file just opened: since when its unread part has been waiting, at most."""
+        now = time.time()
+        if tailed.offset >= tailed.size:
+            return now
+        if tailed.offset == 0:
+            return min(tailed.first_written, now)
+        return min(self.checkpoints.checkpoints[tailed.key].updated, now)
 
     # --- closing -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ models would cost more CPU and memory per object than the agent can spare on a b
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx2 as httpx
@@ -90,9 +90,10 @@ class KubeApi:
         return await self.request("list", "GET", path, params)
 
     async def watch(
-        self, path: str, params: Mapping[str, str]
+        self, path: str, params: Mapping[str, str], opened: Callable[[], None] | None = None
     ) -> AsyncIterator[tuple[str, JsonObject]]:
-        """Yield (type, object) watch events until the server ends the stream.
+        """Yield (type, object) watch events until the server ends the stream; `opened` is
+        called once the server has accepted the watch (events may be minutes away).
 
         An ERROR event (for instance 410 Gone when the resourceVersion was compacted away)
         raises ApiStatusError; the caller decides whether to relist.
@@ -105,6 +106,8 @@ class KubeApi:
                 body = await response.aread()
                 status = orjson.loads(body) if body.startswith(b"{") else {}
                 raise ApiStatusError.from_status(status, response.status_code)
+            if opened is not None:
+                opened()
             async for line in response.aiter_lines():
                 if not line:
                     continue

@@ -472,11 +472,19 @@ class KubeMetrics(Collector):
             "Watches the server ended normally and that were resumed.",
             labels=["resource"],
         )
+        down = GaugeMetricFamily(
+            metric_name("kubernetes_watch_down_seconds"),
+            "How long the list/watch of a resource has been failing (0 while it works): "
+            "the metadata added to records is at most this stale.",
+            labels=["resource"],
+        )
         for resource, reflector in reflectors:
             relists.add_metric([resource], reflector.relists)
             restarts.add_metric([resource], reflector.watch_restarts)
+            down.add_metric([resource], reflector.down_seconds())
         yield relists
         yield restarts
+        yield down
         requests = CounterMetricFamily(
             metric_name("kubernetes_api_requests"),
             "Requests to the Kubernetes API server, by verb.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ class Reflector:
         backoff_max: float = 30.0,
         keep: Callable[[JsonObject], bool] | None = None,
         resource_version: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.path = path
@@ -59,6 +61,14 @@ class Reflector:
         """True while the handler sees the objects of a list (not changes from a watch)."""
         self.relists = 0
         self.watch_restarts = 0
+        self.clock = clock
+        self.failing_since: float | None = None
+        """When the list/watch last stopped working (None while it works): the age of
+        what the store knows is at most this old."""
+
+    def down_seconds(self) -> float:
+        """How long the list/watch has not worked: 0 while it does."""
+        return 0.0 if self.failing_since is None else self.clock() - self.failing_since
 
     async def run(self) -> None:
         """List and watch until cancelled; never raises for API failures."""
@@ -102,6 +112,7 @@ class Reflector:
         finally:
             self.listing = False
         self.resource_version = listed["metadata"]["resourceVersion"]
+        self._working()
         self.synced.set()
         log.debug(
             "Listed objects.",
@@ -118,11 +129,14 @@ class Reflector:
             "resourceVersion": self.resource_version,
             "allowWatchBookmarks": "true",
         }
-        async for kind, item in self.api.watch(self.path, params):
+        async for kind, item in self.api.watch(self.path, params, opened=self._working):
             if kind != "BOOKMARK":
                 self._apply(kind, item)
             self.resource_version = item["metadata"]["resourceVersion"]
         self.watch_restarts += 1
+
+    def _working(self) -> None:
+        self.failing_since = None
 
     def _apply(self, kind: str, item: JsonObject) -> None:
         if self.keep is not None and not self.keep(item):
@@ -136,6 +150,8 @@ class Reflector:
             self.on_event(kind, item)
 
     async def _back_off(self, failures: int, error: Any) -> None:
+        if self.failing_since is None:
+            self.failing_since = self.clock()
         delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
         log.warning(

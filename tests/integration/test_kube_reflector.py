@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import yaml
+
+from observer.config import KubernetesConfig
 from observer.kube.client import KubeApi
 from observer.kube.reflector import Reflector
+from tests.services.kubernetes import KubeCluster
+from tests.services.network import TcpRelay
 
 
 def pod(name: str, node: str = "node-a") -> dict[str, object]:
@@ -63,3 +70,39 @@ async def test_deleted_pod_leaves_the_cache(api: KubeApi, kube_namespace: str) -
         await wait_for(lambda: not reflector.store)
     finally:
         task.cancel()
+
+
+async def test_watch_down_time_counts_from_the_break_until_the_watch_resumes(
+    kube: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    """Cut from the API server, the reflector says for how long its list/watch has failed;
+    once the network is back, the watch resumes, the figure returns to 0 and changes flow."""
+    relay = TcpRelay(urlsplit(kube.server).port or 443)
+    await relay.start()
+    kubeconfig = yaml.safe_load(kube.kubeconfig.read_text())
+    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
+    relayed = tmp_path / "kubeconfig"
+    relayed.write_text(yaml.safe_dump(kubeconfig))
+    api = KubeApi.connect(KubernetesConfig(kubeconfig=relayed))
+    path = f"/api/v1/namespaces/{kube_namespace}/pods"
+    reflector = Reflector(api, path, backoff_initial=0.1, backoff_max=0.5)
+    task = asyncio.create_task(reflector.run())
+    try:
+        await asyncio.wait_for(reflector.synced.wait(), 10)
+        assert reflector.down_seconds() == 0
+
+        await relay.cut()
+        await wait_for(lambda: reflector.down_seconds() > 0)
+        await asyncio.sleep(1.0)
+        down = reflector.down_seconds()
+        assert down >= 1.0
+
+        await relay.start()
+        await wait_for(lambda: reflector.down_seconds() == 0)
+        await api.request("create", "POST", path, body=pod("web-3"))
+        await wait_for(lambda: len(reflector.store) == 1)
+        assert reflector.relists == 1  # resumed from its resourceVersion, not listed again
+    finally:
+        task.cancel()
+        await relay.cut()
+        await api.close()

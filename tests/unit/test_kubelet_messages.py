@@ -10,11 +10,12 @@ from typing import Any, cast
 
 import pytest
 
-from observer.agent.event_records import event_record, termination_record, workload_of
+from observer.agent.event_records import event_record, termination_record
 from observer.agent.kubelet_messages import parse_kubelet_message
 from observer.kube.client import KubeApi
 from observer.kube.events import event_count, event_host
 from observer.kube.metadata import PodMetadataCache
+from observer.kube.workload import workload_of
 
 POD_UID = "5f0c4f7e-0b1f-4f43-9d7b-2f1b1f0c9a11"
 
