@@ -209,7 +209,8 @@ class KubernetesConfig(Section):
     kubeconfig: Path | None = None
     context: str | None = None
     deleted_pod_grace: Seconds = 300.0
-    """How long a deleted pod's metadata stays in the cache, for lines read after it."""
+    """How long a deleted pod's metadata stays in the cache, for lines read after it; its
+    series on /metrics (and its workload's, once every file of it is closed) stay as long."""
     annotations: list[str] = []
     """Pod annotations copied to ``kubernetes.annotations.*`` (exact keys); none by default."""
 

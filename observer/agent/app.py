@@ -171,7 +171,7 @@ async def run(
     if not once:
         build_info(registry, "agent")
         registry.register(TailMetrics(tailer.counts, lambda: len(tailer.files), queue.qsize))
-        registry.register(LogPathMetrics(tailer))
+        registry.register(LogPathMetrics(tailer, config.kubernetes.deleted_pod_grace))
         telemetry = TelemetryServer(registry, config.telemetry.listen)
         for sink in sinks:
             telemetry.readiness_checks[f"sink {sink.name}"] = _readiness(sink)

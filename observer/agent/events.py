@@ -39,7 +39,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -131,6 +131,9 @@ class _Sent:
     settled: bool = False
 
 
+_Series = TypeVar("_Series", bound=tuple[str, ...])
+
+
 @dataclass(slots=True)
 class EventCounts:
     records: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -147,6 +150,8 @@ class EventCounts:
     restarts: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
     """By (namespace, workload, reason)."""
     oom_kills: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    workload_pods: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """The pod uids behind the restart and OOM series of each (namespace, workload)."""
 
 
 class KubeletEventSource:
@@ -318,6 +323,8 @@ class KubeletEventSource:
         self.counts.restarts[(namespace, workload, record["event"]["reason"])] += times
         if record["event"]["action"] == ACTION_OOM_KILLED:
             self.counts.oom_kills[(namespace, workload)] += 1
+        uid = kubernetes["pod"]["uid"]
+        self.counts.workload_pods.setdefault((namespace, workload), set()).add(uid)
 
     def _enqueue(self, record: Document) -> None:
         if len(self._buffer) >= self.settings.queue_records:
@@ -344,14 +351,30 @@ class KubeletEventSource:
             )
 
     def forget_gone_pods(self) -> None:
-        """Drop the probe failure series of pods the metadata cache has forgotten."""
+        """Drop the series of pods, and of workloads, the metadata cache has forgotten
+        every pod of (it keeps a deleted pod for its grace period): pods and workloads
+        coming and going must not grow /metrics for ever."""
         counts = self.counts
-        for labels, uids in list(counts.probe_failure_pods.items()):
+        for labels in self._gone(counts.probe_failure_pods):
+            counts.probe_failures.pop(labels, None)
+        gone = self._gone(counts.workload_pods)
+        if gone:
+            for restart in [key for key in counts.restarts if key[:2] in gone]:
+                del counts.restarts[restart]
+            for workload in gone:
+                counts.oom_kills.pop(workload, None)
+
+    def _gone(self, pods_by_series: dict[_Series, set[str]]) -> set[_Series]:
+        """The series none of whose pods the metadata cache still has, forgotten here."""
+        gone: set[_Series] = set()
+        for series, uids in list(pods_by_series.items()):
             alive = {uid for uid in uids if self.metadata.pod(uid) is not None}
-            counts.probe_failure_pods[labels] = alive
-            if not alive:
-                del counts.probe_failure_pods[labels]
-                counts.probe_failures.pop(labels, None)
+            if alive:
+                pods_by_series[series] = alive
+            else:
+                del pods_by_series[series]
+                gone.add(series)
+        return gone
 
 
 def _stopped(task: asyncio.Task[None]) -> None:

@@ -4,7 +4,9 @@ and level, and how far delivery is behind the log files (checkpoint lag).
 Labels stay bounded: a workload, never a pod; levels folded into a fixed set, since an
 application may log any string there. A workload's series go away a while after its last
 log file closed, so that pods coming and going do not grow /metrics for ever; the while
-leaves Prometheus time to scrape their last counts.
+leaves Prometheus time to scrape their last counts; it is the time a deleted pod's
+metadata stays in the cache (`kubernetes.deleted_pod_grace`), after which its probe
+failure series go too.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ from observer.telemetry import metric_name
 
 if TYPE_CHECKING:
     from observer.agent.tail import Tailer
-
-SERIES_KEPT_AFTER_CLOSE = 300.0
-"""Seconds a workload's series stay once none of its log files is open any more."""
 
 LEVELS = {
     "trace": "trace",
@@ -84,8 +83,8 @@ class LogRecordCounts:
             )
             series[key] = series.get(key, 0) + 1
 
-    def forget_closed(self, open_workloads: set[tuple[str, str]]) -> None:
-        """Drop the series of workloads with no open file for `SERIES_KEPT_AFTER_CLOSE`."""
+    def forget_closed(self, open_workloads: set[tuple[str, str]], keep_for: float) -> None:
+        """Drop the series of workloads that have had no open file for `keep_for` seconds."""
         now = self.clock()
         counted = {(namespace, workload) for namespace, workload, _, _ in self.series}
         closed = self._closed_since
@@ -93,7 +92,7 @@ class LogRecordCounts:
             closed.setdefault(workload, now)
         for workload in counted & open_workloads:
             closed.pop(workload, None)
-        expired = {w for w, since in closed.items() if now - since >= SERIES_KEPT_AFTER_CLOSE}
+        expired = {w for w, since in closed.items() if now - since >= keep_for}
         if expired:
             self.series = {k: v for k, v in self.series.items() if k[:2] not in expired}
             for workload in expired:
@@ -103,13 +102,15 @@ class LogRecordCounts:
 class LogPathMetrics(Collector):
     """Records by workload and level, and the checkpoint lag, read at scrape time."""
 
-    def __init__(self, tailer: Tailer) -> None:
+    def __init__(self, tailer: Tailer, keep_closed_for: float) -> None:
         self.tailer = tailer
+        self.keep_closed_for = keep_closed_for
+        """Seconds a workload's series stay once none of its log files is open."""
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         tailer = self.tailer
         records = tailer.record_counts
-        records.forget_closed(tailer.open_workloads())
+        records.forget_closed(tailer.open_workloads(), self.keep_closed_for)
         family = CounterMetricFamily(
             metric_name("log_records"),
             "Records made of container log lines and handed to the sinks (a joined stack "

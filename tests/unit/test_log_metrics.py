@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from observer.agent.log_metrics import SERIES_KEPT_AFTER_CLOSE, LogRecordCounts, metric_level
+from observer.agent.log_metrics import LogRecordCounts, metric_level
+
+KEEP_FOR = 300.0
 
 
 @pytest.mark.parametrize(
@@ -41,12 +43,12 @@ def test_a_closed_workloads_series_go_after_the_grace_and_open_ones_stay() -> No
     counts.count("shop", "job/backup-28901", [record(), record("error", "stderr")])
     still_open = {("shop", "deployment/web")}
 
-    counts.forget_closed(still_open)
-    now[0] += SERIES_KEPT_AFTER_CLOSE - 1
-    counts.forget_closed(still_open)
+    counts.forget_closed(still_open, KEEP_FOR)
+    now[0] += KEEP_FOR - 1
+    counts.forget_closed(still_open, KEEP_FOR)
     kept_during_grace = dict(counts.series)
     now[0] += 2
-    counts.forget_closed(still_open)
+    counts.forget_closed(still_open, KEEP_FOR)
 
     assert kept_during_grace == {
         ("shop", "deployment/web", "stdout", "info"): 2,
@@ -62,10 +64,10 @@ def test_a_workload_that_logs_again_within_the_grace_keeps_its_series() -> None:
     now = [0.0]
     counts = LogRecordCounts(clock=lambda: now[0])
     counts.count("shop", "deployment/web", [record("info")])
-    counts.forget_closed(set())
-    now[0] += SERIES_KEPT_AFTER_CLOSE - 1
-    counts.forget_closed({("shop", "deployment/web")})
-    now[0] += SERIES_KEPT_AFTER_CLOSE - 1
-    counts.forget_closed(set())
+    counts.forget_closed(set(), KEEP_FOR)
+    now[0] += KEEP_FOR - 1
+    counts.forget_closed({("shop", "deployment/web")}, KEEP_FOR)
+    now[0] += KEEP_FOR - 1
+    counts.forget_closed(set(), KEEP_FOR)
 
     assert counts.series == {("shop", "deployment/web", "stdout", "info"): 1}
