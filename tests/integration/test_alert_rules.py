@@ -26,6 +26,13 @@ ALERTS = Path(__file__).resolve().parents[2] / "dashboards" / "alerts"
 RULES = ALERTS / "observer.rules.yaml"
 RULE_TESTS = ALERTS / "tests" / "observer.rules.test.yaml"
 SEVERITIES = {"critical", "warning", "info"}
+# Alerts about what observer watches, summed over the processes that count it (a service's
+# spans over the collector replicas, a workload's pods over the agents of their nodes):
+# no instance is left to name, so they name these labels instead.
+NAMED_INSTEAD_OF_INSTANCE = {
+    "ObserverServiceErrorRatioHigh": ("service",),
+    "ObserverReadinessProbeFailing": ("namespace", "workload"),
+}
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -92,7 +99,11 @@ def test_every_alert_says_what_to_look_at(rule: dict[str, Any]) -> None:
     assert rule["labels"]["severity"] in SEVERITIES
     assert rule["annotations"]["summary"]
     description = rule["annotations"]["description"]
-    if "absent(" not in rule["expr"]:  # absent() has no target to name
+    if rule["alert"] in NAMED_INSTEAD_OF_INSTANCE:
+        assert "instance" not in rule["expr"]
+        for label in NAMED_INSTEAD_OF_INSTANCE[rule["alert"]]:
+            assert f"$labels.{label}" in description
+    elif "absent(" not in rule["expr"]:  # absent() has no target to name
         assert "{{ $labels.instance }}" in description
 
 
