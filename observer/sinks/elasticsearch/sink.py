@@ -459,18 +459,21 @@ class ElasticsearchSink:
                 self._backing_index[item.target] = backing
 
     async def _bulk(self, items: list[_Item]) -> dict[str, Any]:
-        body = b"".join([item.line for item in items])
         headers = {
             "content-type": "application/vnd.elasticsearch+x-ndjson; compatible-with=8",
             "accept": "application/vnd.elasticsearch+json; compatible-with=8",
         }
-        self.metrics.request_bytes.labels("identity").inc(len(body))
+        self.metrics.request_bytes.labels("identity").inc(sum(len(item.line) for item in items))
         level = self.settings.bulk.compression_level
         if level:
+            # Item by item: the uncompressed body (max_bytes) is never built in one piece.
             compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip format
-            body = compressor.compress(body) + compressor.flush()
+            compress = compressor.compress
+            body = b"".join([*[compress(item.line) for item in items], compressor.flush()])
             headers["content-encoding"] = "gzip"
             self.metrics.request_bytes.labels("gzip").inc(len(body))
+        else:
+            body = b"".join([item.line for item in items])
         started = time.monotonic()
         outcome = "error"
         try:
