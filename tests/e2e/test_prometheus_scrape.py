@@ -45,8 +45,10 @@ from tests.services.process import free_port
 from tests.services.prometheus import Prometheus
 from tests.services.shop import SPANS_PER_ORDER, start_shop
 
-AGENT_JOB = "observer-agent"
-COLLECTOR_JOB = "observer-collector"
+# Job names of this module's own: the session's Prometheus still holds other tests'
+# `observer-agent` series for its 5-minute lookback, and these queries must not see them.
+AGENT_JOB = "observer-agent-scrape-test"
+COLLECTOR_JOB = "observer-collector-scrape-test"
 WORKLOAD = "deployment/web"
 """The workload of the pod `deployment_pod` creates: web-5d8f7-x2b9q ← ReplicaSet ← web."""
 ORDERS = 9
@@ -330,7 +332,9 @@ async def test_build_info_names_each_deployable(scenario: Scenario) -> None:
     """observer_build_info says "agent" on every agent target and "collector" on the collector's."""
     expected: Answer = {(AGENT_JOB, "agent"): 2, (COLLECTOR_JOB, "collector"): 1}
     answer = await scenario.settled(
-        "count by (job, deployable) (observer_build_info == 1)", ("job", "deployable"), expected
+        f'count by (job, deployable) (observer_build_info{{job=~"{AGENT_JOB}|{COLLECTOR_JOB}"}} == 1)',
+        ("job", "deployable"),
+        expected,
     )
     assert answer == expected
 
