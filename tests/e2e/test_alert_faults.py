@@ -50,6 +50,7 @@ from tests.e2e.alert_support import (
     prometheus_alerts,
     situation,
 )
+from tests.integration.test_elasticsearch_resilience import stored_messages
 from tests.integration.test_kube_events import kubelet_event
 from tests.integration.test_pod_metadata import MERGE_PATCH, create, deployment_pod
 from tests.services import elasticsearch
@@ -208,21 +209,6 @@ def alerts_of(prometheus: Prometheus, alertname: str, agent: AgentProcess) -> li
         if alert["labels"]["alertname"] == alertname
         and alert["labels"].get("instance") == agent.instance
     ]
-
-
-def stored_messages(node: Node) -> list[str]:
-    """Every stored container log document's message, duplicates included."""
-    node.request("POST", f"/{LOGS}/_refresh")
-    page = node.request(
-        "POST", f"/{LOGS}/_search?scroll=1m", {"size": 5000, "_source": ["message"]}
-    )
-    messages: list[str] = []
-    while page["hits"]["hits"]:
-        messages += [hit["_source"]["message"] for hit in page["hits"]["hits"]]
-        page = node.request(
-            "POST", "/_search/scroll", {"scroll": "1m", "scroll_id": page["_scroll_id"]}
-        )
-    return messages
 
 
 def stored_count(node: Node) -> int:
