@@ -123,7 +123,11 @@ class TelemetryServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # gzip (or deflate) when the scraper asks, as Prometheus does: a tenth of the bytes
+        # per node and scrape, for a fraction of a millisecond.
+        response.enable_compression()
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -227,7 +227,15 @@ async def run(
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             for key in tailer.stale_checkpoints():
                 checkpoints.forget(key)
-            checkpoints.save()
+            try:
+                await checkpoints.save_off_loop()
+            except OSError as error:  # a full or read-only disk: reading and shipping go on
+                log.error(
+                    "Could not save the checkpoints; trying again at the next save. A restart "
+                    "meanwhile sends again what was delivered since the last save (not "
+                    "duplicated: delivery is idempotent).",
+                    extra={"path": str(checkpoints.path), "error": str(error)},
+                )
 
     loop = asyncio.get_running_loop()
     handled_signals: tuple[signal.Signals, ...] = ()
@@ -293,7 +301,7 @@ async def run(
             await sink.stop()
         for key in tailer.stale_checkpoints():
             checkpoints.forget(key)
-        checkpoints.save()
+        await checkpoints.save_off_loop()  # after a periodic save still writing
     log.info(
         "The agent stopped.",
         extra={
@@ -386,17 +394,33 @@ def _readiness(sink: Sink) -> ReadinessCheck:
 
 
 def _watch_for_changes(root: Any, tailer: Tailer, loop: asyncio.AbstractEventLoop) -> Any:
-    """inotify (through watchdog) wakes the tailer; the periodic rescan covers missed events."""
-    from watchdog.events import FileSystemEventHandler
+    """inotify (through watchdog) tells the tailer at once of files created, renamed
+    (rotated) and deleted; the periodic rescan covers missed events.
+
+    Not of writes: those are one event per write, and the tailer reads growing files once
+    per poll interval anyway.
+    """
+    from watchdog import events
     from watchdog.observers import Observer
 
-    class Wake(FileSystemEventHandler):
+    class Wake(events.FileSystemEventHandler):
         def on_any_event(self, event: Any) -> None:
-            rescan = event.event_type in ("created", "moved", "deleted")
-            loop.call_soon_threadsafe(tailer.wake, rescan)
+            loop.call_soon_threadsafe(tailer.wake)
 
     observer = Observer()
     root.mkdir(parents=True, exist_ok=True)
-    observer.schedule(Wake(), str(root), recursive=True)
+    observer.schedule(
+        Wake(),
+        str(root),
+        recursive=True,
+        event_filter=[
+            events.FileCreatedEvent,
+            events.FileMovedEvent,
+            events.FileDeletedEvent,
+            events.DirCreatedEvent,
+            events.DirMovedEvent,
+            events.DirDeletedEvent,
+        ],
+    )
     observer.start()
     return observer

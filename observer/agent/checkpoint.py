@@ -18,7 +18,6 @@ rather than crash-looping: replaying is safe because delivery is idempotent.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from observer.agent.state_file import StateFile, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Handover:
 class CheckpointStore:
     def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = state_dir / STATE_FILE
+        self._file = StateFile(self.path)
         self.clock = clock
         self.checkpoints: dict[str, Checkpoint] = {}
         self._pending: dict[str, deque[Handover]] = {}
@@ -176,26 +178,37 @@ class CheckpointStore:
             self._dirty = True
 
     def save(self) -> None:
+        """Write the state file now, waiting for the disk on this thread."""
+        state = self._changed_state()
+        if state is not None:
+            try:
+                write_atomically(self.path, state)
+            except BaseException:
+                self._dirty = True
+                raise
+
+    async def save_off_loop(self) -> None:
+        """Write the state file, the disk's waits in a thread; writes stay in order."""
+        state = self._changed_state()
+        if state is not None:
+            try:
+                await self._file.write(state)
+            except BaseException:
+                self._dirty = True  # not known to be on disk (a cancelled wait included)
+                raise
+
+    def _changed_state(self) -> bytes | None:
+        """The state as it is now, if it changed since the last save began."""
         if not self._dirty:
-            return
-        state = {
-            "version": FORMAT_VERSION,
-            "files": {
-                key: {"path": c.path, "offset": c.offset, "updated": c.updated}
-                | ({"replay": c.replay.to_json()} if c.replay else {})
-                for key, c in self.checkpoints.items()
-            },
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("wb") as out:
-            out.write(orjson.dumps(state))
-            out.flush()
-            os.fsync(out.fileno())
-        temporary.replace(self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            return None
         self._dirty = False
+        return orjson.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "files": {
+                    key: {"path": c.path, "offset": c.offset, "updated": c.updated}
+                    | ({"replay": c.replay.to_json()} if c.replay else {})
+                    for key, c in self.checkpoints.items()
+                },
+            }
+        )

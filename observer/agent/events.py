@@ -35,7 +35,6 @@ import collections
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from observer.agent.kubelet_messages import (
     ACTION_PROBE_ERRORED,
     ACTION_PROBE_FAILED,
 )
+from observer.agent.state_file import StateFile
 from observer.config import AgentConfig, KubeEventsConfig
 from observer.kube.client import JsonObject
 from observer.kube.events import KubeletEvents, event_count
@@ -80,6 +80,7 @@ class ResumePoint:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / STATE_FILE
+        self._file = StateFile(self.path)
         self.saved = ""
 
     def load(self) -> str:
@@ -103,23 +104,13 @@ class ResumePoint:
             self.saved = ""
         return self.saved
 
-    def save(self, resource_version: str) -> None:
+    async def save(self, resource_version: str) -> None:
+        """Write it, the disk's waits in a thread; writes stay in order."""
         if not resource_version or resource_version == self.saved:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("wb") as out:
-            out.write(
-                orjson.dumps({"version": FORMAT_VERSION, "resource_version": resource_version})
-            )
-            out.flush()
-            os.fsync(out.fileno())
-        temporary.replace(self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        await self._file.write(
+            orjson.dumps({"version": FORMAT_VERSION, "resource_version": resource_version})
+        )
         self.saved = resource_version
 
 
@@ -209,7 +200,7 @@ class KubeletEventSource:
             task.cancel()
         await asyncio.wait({delivery, saver})
         self._advance()
-        self.resume.save(self._safe)
+        await self.resume.save(self._safe)
         if self._buffer or self._pending:
             log.warning(
                 "Stopping with kubelet event records not acknowledged; they are made again "
@@ -254,7 +245,7 @@ class KubeletEventSource:
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
             self._advance()
-            self.resume.save(self._safe)
+            await self.resume.save(self._safe)
 
     # --- what comes in -------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
 """The first line, up to this many bytes, identifies a file together with device and inode."""
+_LONGEST_STEP = 0.002
+"""Seconds of reading after which a pass over the files lets the event loop's other work
+(shipping, receiving spans, answering probes and scrapes) run before going on."""
 
 
 @dataclass(slots=True)
@@ -145,9 +148,11 @@ class TailedFile:
     """Wall-clock time when reading last reached its end: what is still unread was
     written after that."""
 
-    @property
-    def container_directory(self) -> Path:
-        return self.path.parent
+    container_directory: str = ""
+    """The path's directory (renames stay in it): a container's files are read in order."""
+
+    def __post_init__(self) -> None:
+        self.container_directory = os.path.dirname(self.path)
 
 
 def fingerprint(head: bytes, device_inode: tuple[int, int]) -> str | None:
@@ -252,14 +257,12 @@ class Tailer:
         """No state at all at start: compressed files on disk are history, not loss."""
         self._once = False
         self._wake = asyncio.Event()
+        self._backlog = False
         self._rescan = False
 
-    def wake(self, rescan: bool) -> None:
-        """Something changed on disk (an inotify event): read now, and scan if files came or went.
-
-        Writes only wake the reader; a scan of the whole tree is for creations and renames.
-        """
-        self._rescan |= rescan
+    def wake(self) -> None:
+        """Files were created, renamed or deleted (an inotify event): scan and read now."""
+        self._rescan = True
         self._wake.set()
 
     async def run(self, once: bool = False) -> None:
@@ -278,7 +281,12 @@ class Tailer:
                 await self.close_finished(once)
                 if once and not progressed:
                     return
-                if not progressed:
+                if not once and not self._backlog:
+                    # Growing files are read once per poll_interval, not at each write: a
+                    # pass costs a few system calls per open file, whatever it finds, and
+                    # lines read together are decoded and shipped together. What was left
+                    # unread (a full read, a newer file waiting for its older one) is read
+                    # at once.
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with the event being set (CPython gh-86296).
                     with contextlib.suppress(TimeoutError):
@@ -384,15 +392,24 @@ class Tailer:
     # --- reading -------------------------------------------------------------------------
 
     async def read_all(self) -> bool:
-        """One pass over every file, oldest first per container; True if anything was read."""
+        """One pass over every file, oldest first per container; True if anything was read.
+
+        Afterwards `_backlog` says whether a file was left with lines still unread.
+        """
         progressed = False
-        draining: set[Path] = set()
+        self._backlog = False
+        draining: dict[str, bool] = {}
+        """Containers whose older file still had lines, and whether it had new ones."""
+        loop = asyncio.get_running_loop()
+        step_began = loop.time()
         for tailed in sorted(self.files.values(), key=_reading_order):
             # A container's older file is read to its end before its newer ones.
-            if tailed.container_directory in draining:
+            older_read = draining.get(tailed.container_directory)
+            if older_read is not None:
                 # Not polled, so not known to be at its end: it must not be closed as idle
                 # (a deleted file with unread lines would lose them).
                 tailed.idle_polls = 0
+                self._backlog |= older_read
                 continue
             if self._rescan:
                 # A file was created or renamed: open it now, not after this pass, which can
@@ -402,9 +419,12 @@ class Tailer:
                 self.scan()
             read = await self._read(tailed)
             progressed |= read
+            if read and loop.time() - step_began > _LONGEST_STEP:
+                await asyncio.sleep(0)
+                step_began = loop.time()
             # A stack trace still held counts as unread: it goes before the newer file's lines.
             if read or tailed.decoder.joining:
-                draining.add(tailed.container_directory)
+                draining[tailed.container_directory] = read
         return progressed
 
     async def _read(self, tailed: TailedFile) -> bool:
@@ -476,6 +496,8 @@ class Tailer:
             if len(data) < size:
                 tailed.size = tailed.offset + len(data)
                 tailed.caught_up_at = time.time()
+            else:
+                self._backlog = True
             end = data.rfind(b"\n") + 1
             if end:
                 return data[:end], end
@@ -693,7 +715,7 @@ def _unchanged(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _reading_order(tailed: TailedFile) -> tuple[Path, int, float, int]:
+def _reading_order(tailed: TailedFile) -> tuple[str, int, float, int]:
     # Names are no guide: a scan may not have seen a file renamed before it was deleted, or
     # may see the rotated file and the new live file in the same pass. The runtime's
     # timestamps are: a newer file's first line was written after the older file's.

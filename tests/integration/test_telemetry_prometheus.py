@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import urllib.request
 from collections.abc import AsyncIterator
 from urllib.error import HTTPError
 
@@ -56,3 +58,21 @@ async def test_readyz_names_the_failing_check(telemetry: TelemetryServer) -> Non
     reason[0] = None
     assert await asyncio.to_thread(http_get, f"{url}/readyz") == b"ok\n"
     assert await asyncio.to_thread(http_get, f"{url}/healthz") == b"ok\n"
+
+
+async def test_metrics_are_gzipped_when_the_scraper_asks(telemetry: TelemetryServer) -> None:
+    """Prometheus sends `Accept-Encoding: gzip`; the same exposition comes back gzipped,
+    and uncompressed to a client that does not ask."""
+    url = f"http://127.0.0.1:{telemetry.port}/metrics"
+
+    def get(headers: dict[str, str]) -> tuple[str | None, bytes]:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
+            return response.headers.get("Content-Encoding"), response.read()
+
+    encoding, compressed = await asyncio.to_thread(get, {"Accept-Encoding": "gzip"})
+    plain_encoding, plain = await asyncio.to_thread(get, {})
+
+    assert encoding == "gzip"
+    assert plain_encoding is None
+    assert gzip.decompress(compressed) == plain
+    assert b'observer_build_info{deployable="agent"' in plain

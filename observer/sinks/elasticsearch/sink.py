@@ -231,6 +231,12 @@ class ElasticsearchSink:
         self._buffer: list[_Item] = []
         self._buffer_bytes = 0
         self._held_bytes = 0
+        # Read at scrape time: settling is per document, a gauge update per document is
+        # most of what settling a response costs.
+        sink = weakref.ref(self)
+        self.metrics.held_bytes.labels(name).set_function(
+            lambda: held._held_bytes if (held := sink()) is not None else 0
+        )
         self._space = asyncio.Event()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -267,7 +273,6 @@ class ElasticsearchSink:
         size = sum(item.counted_bytes for item in items)
         await self._wait_for_space()
         self._held_bytes += size
-        self.metrics.held_bytes.labels(self.name).set(self._held_bytes)
         self._buffer.extend(items)
         self._buffer_bytes += size
         bulk = self.settings.bulk
@@ -453,10 +458,15 @@ class ElasticsearchSink:
         return retry
 
     def _note_backing_indices(self, items: list[_Item], response: dict[str, Any]) -> None:
-        for item, result in zip(items, response["items"], strict=True):
+        """Each target's backing index, as the last of its documents found it."""
+        noted: set[str] = set()
+        for item, result in zip(reversed(items), reversed(response["items"]), strict=True):
+            if item.target in noted:
+                continue
             backing = next(iter(result.values())).get("_index")
             if backing is not None:
                 self._backing_index[item.target] = backing
+                noted.add(item.target)
 
     async def _bulk(self, items: list[_Item]) -> dict[str, Any]:
         headers = {
@@ -466,10 +476,9 @@ class ElasticsearchSink:
         self.metrics.request_bytes.labels("identity").inc(sum(len(item.line) for item in items))
         level = self.settings.bulk.compression_level
         if level:
-            # Item by item: the uncompressed body (max_bytes) is never built in one piece.
-            compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip format
-            compress = compressor.compress
-            body = b"".join([*[compress(item.line) for item in items], compressor.flush()])
+            # In a thread: zlib lets go of the GIL while it compresses, so the event loop
+            # goes on reading and answering meanwhile, on another core when there is one.
+            body = await asyncio.to_thread(_gzip, [item.line for item in items], level)
             headers["content-encoding"] = "gzip"
             self.metrics.request_bytes.labels("gzip").inc(len(body))
         else:
@@ -507,7 +516,6 @@ class ElasticsearchSink:
     def _settled(self, item: _Item) -> None:
         if item.counted_bytes:
             self._held_bytes -= item.counted_bytes
-            self.metrics.held_bytes.labels(self.name).set(self._held_bytes)
             if self._held_bytes < self._max_held_bytes:
                 self._space.set()
         batch = item.batch
@@ -654,6 +662,28 @@ def _retry_after(error: ApiError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+_GZIP_PIECE_BYTES = 256 << 10
+
+
+def _gzip(lines: list[bytes], level: int) -> bytes:
+    """The lines gzipped, in pieces of about 256 KiB: the uncompressed body (max_bytes) is
+    never built whole, and a compressing thread takes the GIL back a few times per body,
+    not once per line (each time can wait a switch interval for the event loop's thread)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip format
+    compressed: list[bytes] = []
+    piece: list[bytes] = []
+    piece_bytes = 0
+    for line in lines:
+        piece.append(line)
+        piece_bytes += len(line)
+        if piece_bytes >= _GZIP_PIECE_BYTES:
+            compressed.append(compressor.compress(b"".join(piece)))
+            piece, piece_bytes = [], 0
+    compressed.append(compressor.compress(b"".join(piece)))
+    compressed.append(compressor.flush())
+    return b"".join(compressed)
 
 
 def _chunks(items: list[_Item], max_bytes: int, max_documents: int) -> Iterator[list[_Item]]:
