@@ -12,12 +12,13 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from observer import __version__
 
@@ -87,6 +88,83 @@ def build_info(registry: CollectorRegistry, deployable: str) -> None:
     gauge.labels(version=__version__, deployable=deployable).set(1)
 
 
+_PROMETHEUS_TYPES = {
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+    "unknown": "untyped",
+}
+_OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
+"""Samples the text format has no place for in their family: written after it as gauges."""
+_CACHED_LABEL_SETS = 20_000
+_go_float = cast(Callable[[float], str], floatToGoString)
+"""How Prometheus (Go) writes a float: `+Inf`, `1.2345678e+07`, …"""
+
+
+class Exposition:
+    """A registry in Prometheus' text format (0.0.4): byte for byte what prometheus_client's
+    `generate_latest` writes for observer's metrics (a test compares them), in a fraction
+    of its time.
+
+    `generate_latest` checks every label name of every sample against the legacy character
+    set and escapes it (its UTF-8 name support): on a loaded agent, 3.5 ms of CPU per
+    scrape, most of the scrape and one long event-loop step. Here names are observer's own,
+    in the legacy set (tests check them), and the text of each label set is kept from one
+    scrape to the next: series mostly stay the same between scrapes.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._label_text: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def render(self) -> bytes:
+        if len(self._label_text) > _CACHED_LABEL_SETS:  # series came and went: start over
+            self._label_text.clear()
+        label_text = self._label_text
+        output: list[str] = []
+        append = output.append
+        for family in self.registry.collect():
+            name, kind = family.name, family.type
+            shown = (
+                name + "_total" if kind == "counter" else name + "_info" if kind == "info" else name
+            )
+            documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            append(f"# HELP {shown} {documentation}\n")
+            append(f"# TYPE {shown} {_PROMETHEUS_TYPES.get(kind, kind)}\n")
+            openmetrics_only: dict[str, list[str]] = {}
+            for sample in family.samples:
+                key = tuple(sample.labels.items())
+                labels = label_text.get(key)
+                if labels is None:
+                    labels = label_text[key] = _label_text(sample.labels)
+                line = f"{sample.name}{labels} {_go_float(sample.value)}"
+                if sample.timestamp is not None:
+                    line += f" {int(float(sample.timestamp) * 1000):d}"
+                suffix = sample.name[len(name) :]
+                if suffix in _OPENMETRICS_ONLY and sample.name.startswith(name):
+                    openmetrics_only.setdefault(suffix, []).append(line + "\n")
+                else:
+                    append(line + "\n")
+            for suffix, lines in sorted(openmetrics_only.items()):
+                append(f"# HELP {name}{suffix} {documentation}\n")
+                append(f"# TYPE {name}{suffix} gauge\n")
+                output.extend(lines)
+        return "".join(output).encode()
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    pairs = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(labels.items()))
+    return f"{{{pairs}}}"
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
 class TelemetryServer:
     """Serves /metrics, /healthz (the process answers) and /readyz (every check passes).
 
@@ -98,6 +176,7 @@ class TelemetryServer:
         self.host, _, port = listen.rpartition(":")
         self.port = int(port)
         self.readiness_checks: dict[str, ReadinessCheck] = {}
+        self._exposition = Exposition(registry)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -122,7 +201,7 @@ class TelemetryServer:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = self._exposition.render()
         response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
         # gzip (or deflate) when the scraper asks, as Prometheus does: a tenth of the bytes
         # per node and scrape, for a fraction of a millisecond.

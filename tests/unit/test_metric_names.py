@@ -141,3 +141,13 @@ async def test_rule_descriptions_name_exposed_metrics(
     named = set(METRIC.findall(str(rule["annotations"])))
 
     assert named - known == set()
+
+
+LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+async def test_every_name_is_in_the_legacy_character_set(exposed: dict[str, Names]) -> None:
+    """`telemetry.Exposition` writes names as they are, unquoted: only legacy names are
+    valid there (and in every Prometheus version)."""
+    for samples, families in exposed.values():
+        assert {name for name in samples | families if not LEGACY_NAME.fullmatch(name)} == set()
