@@ -398,8 +398,8 @@ class Tailer:
         """
         progressed = False
         self._backlog = False
+        # Containers whose older file still had lines, and whether they were new ones.
         draining: dict[str, bool] = {}
-        """Containers whose older file still had lines, and whether it had new ones."""
         loop = asyncio.get_running_loop()
         step_began = loop.time()
         for tailed in sorted(self.files.values(), key=_reading_order):
