@@ -96,7 +96,9 @@ _PROMETHEUS_TYPES = {
 }
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
 """Samples the text format has no place for in their family: written after it as gauges."""
-_CACHED_LABEL_SETS = 20_000
+_CACHED_LABEL_SETS = 4096
+"""About ten times the series of a loaded agent; past it (series came and went) the text
+is made again. Each is a couple of hundred bytes."""
 _go_float = cast(Callable[[float], str], floatToGoString)
 """How Prometheus (Go) writes a float: `+Inf`, `1.2345678e+07`, …"""
 
@@ -118,7 +120,7 @@ class Exposition:
         self._label_text: dict[tuple[tuple[str, str], ...], str] = {}
 
     def render(self) -> bytes:
-        if len(self._label_text) > _CACHED_LABEL_SETS:  # series came and went: start over
+        if len(self._label_text) > _CACHED_LABEL_SETS:
             self._label_text.clear()
         label_text = self._label_text
         output: list[str] = []

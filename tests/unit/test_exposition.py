@@ -110,3 +110,15 @@ def test_any_label_values_and_numbers_render_as_prometheus_client_does(
 
     assert exposition.render() == generate_latest(registry)
     assert exposition.render() == generate_latest(registry)
+
+
+def test_series_that_come_and_go_past_the_cache_still_render_exactly() -> None:
+    """Pods come and go: more label sets than the cache keeps, scrape after scrape."""
+    registry = CollectorRegistry()
+    pods = Gauge("observer_pod_thing", "Per pod.", ["pod"], registry=registry)
+    exposition = Exposition(registry)
+    for generation in range(3):
+        pods.clear()
+        for number in range(3000):
+            pods.labels(f"web-{generation}-{number}").set(number)
+        assert exposition.render() == generate_latest(registry)
