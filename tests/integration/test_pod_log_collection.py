@@ -249,3 +249,31 @@ async def test_many_containers_keep_per_stream_order(tmp_path: Path, tree: PodLo
     for (_, stream), lines in per_stream.items():
         prefix = "out" if stream == "stdout" else "err"
         assert lines == [f"{prefix} {n}" for n in range(200)]
+
+
+async def test_a_backlog_is_read_without_waiting_for_the_poll_interval(
+    tmp_path: Path, tree: PodLogTree
+) -> None:
+    """Growing files are read once per poll interval, but lines a read left behind (a full
+    read_bytes) are read at once: a 100 KB backlog in 4 KiB reads takes no 25 intervals."""
+    web = tree.container("shop", "web-1", "app")
+    web.write([f"backlog line {i:05d} " + "x" * 30 for i in range(2000)])
+
+    async with following(tmp_path, poll_interval="30s", read_bytes="4KiB"):
+        await until(lambda: len(delivered(tmp_path)) == 2000, within=10)
+
+    assert messages(delivered(tmp_path))[-1].startswith("backlog line 01999")
+
+
+async def test_a_new_log_file_is_read_at_once_without_waiting_for_a_poll_or_a_rescan(
+    tmp_path: Path, tree: PodLogTree
+) -> None:
+    """inotify tells of created files: a new container's lines arrive well before either
+    the poll interval or the rescan interval comes round."""
+    tree.container("shop", "web-1", "app").write(["already there"])
+    async with following(tmp_path, poll_interval="30s", rescan_interval="60s"):
+        await until(lambda: len(delivered(tmp_path)) == 1, within=10)
+        tree.container("shop", "web-2", "app").write(["new pod, first line"])
+        await until(lambda: len(delivered(tmp_path)) == 2, within=10)
+
+    assert messages(delivered(tmp_path)) == ["already there", "new pod, first line"]
