@@ -448,7 +448,9 @@ class PodLogsConfig(Section):
     """A longer line, after merging partials, is truncated with a mark and counted."""
     read_bytes: ByteSize = Field(default=256 << 10, ge=4096)
     poll_interval: Seconds = 0.25
+    """How often growing files are read; at once again while a read left lines behind."""
     rescan_interval: Seconds = 10.0
+    """How often the tree is scanned; inotify reports new, renamed and deleted files sooner."""
     queue_batches: int = Field(default=4, ge=1)
     """Batches read but not yet delivered; when full, reading waits (backpressure)."""
     multiline: MultilineConfig = MultilineConfig()
