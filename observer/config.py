@@ -456,12 +456,44 @@ class PodLogsConfig(Section):
     multiline: MultilineConfig = MultilineConfig()
 
 
+class LeaderElectionConfig(Section):
+    """The Lease (coordination.k8s.io/v1) through which the agents choose the one that
+    watches the cluster's kubelet Events; it also holds where that watch resumes."""
+
+    namespace: str = "default"
+    """The chart sets the release's namespace (its Role grants the Lease there)."""
+    lease_name: str = "observer-kube-events"
+    identity: str = ""
+    """Who holds the Lease; empty: the host name and the process id."""
+    lease_duration: Seconds = Field(default=30.0, gt=0)
+    """Past this without a renewal seen, another agent takes over."""
+    renew_interval: Seconds = Field(default=10.0, gt=0)
+    """How often the leader renews, and how often the others look."""
+
+    @model_validator(mode="after")
+    def _renewal_fits_in_the_lease(self) -> LeaderElectionConfig:
+        if self.renew_interval * 2 > self.lease_duration:
+            raise PydanticCustomError(
+                "lease",
+                "renew_interval must be at most half of lease_duration, so that a leader "
+                "retries renewing before the lease expires",
+            )
+        return self
+
+
 class KubeEventsConfig(Section):
-    """The kubelet's Events about this node and its pods (probe failures, kills, back-offs),
-    and container restarts and OOM kills from the pods' status, as records of their own."""
+    """The kubelet's Events (probe failures, kills, back-offs), and container restarts and
+    OOM kills from the pods' status, as records of their own."""
 
     enabled: bool = True
     """Needs `kubernetes.enabled` (the records carry the pod's metadata)."""
+    scope: Literal["node", "cluster"] = "node"
+    """node: every agent watches the kubelet's Events and keeps its node's (the API server
+    sends each agent every kubelet Event; fine up to a few hundred nodes). cluster: the
+    agents elect one through a Lease, which alone watches and ships every kubelet Event
+    (the chart's choice; docs/kubernetes-api-load.md)."""
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
+    """Used with scope: cluster."""
     dataset: DataStreamPart = "kubernetes.event"
     """The data stream is ``logs-<dataset>-<namespace>``, beside the container logs'."""
     queue_records: int = Field(default=10000, ge=1)
