@@ -1,4 +1,4 @@
-"""What one agent asks of the Kubernetes API server: at start, and per minute after.
+"""What the agents ask of the Kubernetes API server: at start, and per minute after.
 
 A real kube-apiserver (tests/services, on Debian's etcd) holds a node's worth of pods:
 `--pods` pods on the agent's node, owned by ReplicaSets of Deployments (so owners are
@@ -11,7 +11,12 @@ of this node's pods, and every minute a pod of a new ReplicaSet is bound to the 
 
     ~/.cache/observer/venv/bin/python bench/kube_api_load.py --minutes 6
 
-The report goes to bench/results/kube-api-load-<date>.{json,md}.
+With ``--scope cluster`` two agents run, one on each node, with the Helm chart's
+``sources.kube_events.scope: cluster`` and its Lease timings (30 s, renewed every 10 s):
+one is elected to watch every node's kubelet Events, and each agent's requests are
+reported apart (``leader`` and ``follower``).
+
+The report goes to bench/results/kube-api-load[-cluster]-<date>.json.
 """
 
 from __future__ import annotations
@@ -163,7 +168,34 @@ async def churn(api: KubeApi, pods: int, stop: asyncio.Event, stats: dict[str, A
             await deployment_with_pods(api, f"new{tick}", 1, NODE)
 
 
-async def measure(minutes: float, pods: int, workdir: Path) -> dict[str, Any]:
+def agent_config(node: str, scope: str, kubeconfig: Path, workdir: Path) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "node_name": node,
+            "state_dir": str(workdir / node / "state"),
+            "telemetry": {"listen": "127.0.0.1:0"},
+            "kubernetes": {"kubeconfig": str(kubeconfig)},
+            "sources": {
+                "pod_logs": {"root": str(workdir / node / "pods")},
+                "kube_events": {"scope": scope, "leader_election": {"namespace": NAMESPACE}},
+            },
+            "sinks": {"elasticsearch": None, "file": {"path": str(workdir / node / "out.jsonl")}},
+        }
+    )
+
+
+def leading(registry: CollectorRegistry) -> bool:
+    return registry.get_sample_value("observer_kubernetes_events_leader") == 1
+
+
+def events_listed(registries: list[CollectorRegistry]) -> bool:
+    return any(
+        registry.get_sample_value("observer_kubernetes_relists_total", {"resource": "events"})
+        for registry in registries
+    )
+
+
+async def measure(minutes: float, pods: int, scope: str, workdir: Path) -> dict[str, Any]:
     cluster = kubernetes.start(workdir / "kubernetes")
     try:
         api = KubeApi.connect(KubernetesConfig(kubeconfig=cluster.kubeconfig))
@@ -175,53 +207,70 @@ async def measure(minutes: float, pods: int, workdir: Path) -> dict[str, Any]:
             await deployment_with_pods(api, f"web{index}", pods // deployments, NODE)
         for index in range(deployments):
             await deployment_with_pods(api, f"far{index}", pods // deployments, "other-node")
-        config = AgentConfig.model_validate(
-            {
-                "node_name": NODE,
-                "state_dir": str(workdir / "state"),
-                "telemetry": {"listen": "127.0.0.1:0"},
-                "kubernetes": {"kubeconfig": str(cluster.kubeconfig)},
-                "sources": {"pod_logs": {"root": str(workdir / "pods")}},
-                "sinks": {"elasticsearch": None, "file": {"path": str(workdir / "out.jsonl")}},
-            }
-        )
-        registry = CollectorRegistry()
+        nodes = [NODE] if scope == "node" else [NODE, "other-node"]
+        registries = [CollectorRegistry() for _ in nodes]
         stop = asyncio.Event()
-        agent = asyncio.create_task(app.run(config, once=False, stop=stop, registry=registry))
+        agents = [
+            asyncio.create_task(
+                app.run(
+                    agent_config(node, scope, cluster.kubeconfig, workdir),
+                    once=False,
+                    stop=stop,
+                    registry=registry,
+                )
+            )
+            for node, registry in zip(nodes, registries, strict=True)
+        ]
         loop = asyncio.get_running_loop()
         started = loop.time()
         while not (  # noqa: ASYNC110 - polled as a scrape would read the agent's counters
-            cache_size(registry, "pods") >= pods
-            and cache_size(registry, "owners") >= deployments
-            and registry.get_sample_value(
-                "observer_kubernetes_relists_total", {"resource": "events"}
-            )
+            all(cache_size(registry, "pods") >= pods for registry in registries)
+            and all(cache_size(registry, "owners") >= deployments for registry in registries)
+            and events_listed(registries)
         ):
             await asyncio.sleep(0.1)
-        at_start = verbs(registry)
         synced_after = loop.time() - started
+        roles = ["agent"] if scope == "node" else ["follower", "follower"]
+        if scope == "cluster":
+            roles[[leading(registry) for registry in registries].index(True)] = "leader"
+        at_start = [verbs(registry) for registry in registries]
         stats: dict[str, Any] = {"event_bytes": [], "events_posted": {NODE: 0, "other-node": 0}}
         churning = asyncio.create_task(churn(api, pods // deployments, stop, stats))
-        per_minute = []
+        per_minute: list[list[dict[str, float]]] = [[] for _ in nodes]
         previous = at_start
         for _ in range(int(minutes)):
             await asyncio.sleep(60)
-            now = verbs(registry)
-            per_minute.append({verb: now.get(verb, 0) - previous.get(verb, 0) for verb in now})
+            now = [verbs(registry) for registry in registries]
+            for index, (before, after) in enumerate(zip(previous, now, strict=True)):
+                per_minute[index].append(
+                    {verb: after.get(verb, 0) - before.get(verb, 0) for verb in after}
+                )
             previous = now
+        still_leading = [leading(registry) for registry in registries]
         stop.set()
         await churning
-        await agent
+        await asyncio.gather(*agents)
         await api.close()
     finally:
         cluster.stop()
     event_bytes = stats["event_bytes"]
     return {
+        "scope": scope,
         "pods_on_node": pods,
         "owners_on_node": deployments,
         "synced_after_s": round(synced_after, 2),
-        "requests_at_start": at_start,
-        "requests_per_minute": per_minute,
+        "agents": [
+            {
+                "node": node,
+                "role": role,
+                "leading_at_the_end": leads,
+                "requests_at_start": start,
+                "requests_per_minute": minutes_of_agent,
+            }
+            for node, role, leads, start, minutes_of_agent in zip(
+                nodes, roles, still_leading, at_start, per_minute, strict=True
+            )
+        ],
         "events_posted": stats["events_posted"],
         "mean_event_bytes": round(sum(event_bytes) / max(1, len(event_bytes))),
     }
@@ -231,12 +280,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6)
     parser.add_argument("--pods", type=int, default=100)
+    parser.add_argument("--scope", choices=("node", "cluster"), default="node")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
-        result = asyncio.run(measure(args.minutes, args.pods, Path(temporary)))
-    result["command"] = f"bench/kube_api_load.py --minutes {args.minutes:g} --pods {args.pods}"
+        result = asyncio.run(measure(args.minutes, args.pods, args.scope, Path(temporary)))
+    result["command"] = (
+        f"bench/kube_api_load.py --minutes {args.minutes:g} --pods {args.pods} --scope {args.scope}"
+    )
     date = datetime.date.today().isoformat()
-    out = REPO / "bench" / "results" / f"kube-api-load-{date}.json"
+    suffix = "-cluster" if args.scope == "cluster" else ""
+    out = REPO / "bench" / "results" / f"kube-api-load{suffix}-{date}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

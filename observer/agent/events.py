@@ -1,9 +1,19 @@
 """The agent's kubelet events source: Events and container terminations → records → sinks.
 
-What comes in (`observer.kube.events.KubeletEvents` for this node's kubelet Events, the
+What comes in (`observer.kube.events.KubeletEvents` for the kubelet's Events, the
 metadata cache's pod watch for restarts) becomes records (`observer.agent.event_records`)
 that go to their own sinks: an Elasticsearch sink writing the ``kubernetes.event`` data
 stream with ``_id`` from ``event.id``, and the file sink if one is configured.
+
+Whose Events (``scope``):
+
+- ``node``: each agent watches the kubelet's Events and keeps its node's.
+- ``cluster``: the agents elect one through a Lease (`observer.kube.lease`); the leader
+  watches every node's kubelet Events, and the others none. A pod of another node is read
+  with one GET when its first Event arrives (`PodMetadataCache.fetch_pod`, kept for the
+  deleted-pod grace period); while that GET is out, the Events behind it wait, in order.
+  Events found by a list (at the first start, or after `410 Gone`) are not worth a GET
+  each: they carry what the cache knows. Container terminations stay each agent's own.
 
 Once each:
 
@@ -11,10 +21,12 @@ Once each:
   not raise the count (its count was seen already) makes no record; each count seen is one
   occurrence with its own ``event.id``. A restart, a relist, or another agent's copy sends
   an ``event.id`` already stored, which Elasticsearch answers with 409.
-- Resuming: the watch's resourceVersion is saved in ``<state_dir>/kube-events.json``
-  (write, fsync, rename, fsync the directory, as the checkpoints are) once every record up
-  to it is acknowledged by every sink; a restart watches on from there without listing.
-  Records not acknowledged by then are made again from the watch.
+- Resuming: the watch's resourceVersion is saved once every record up to it is
+  acknowledged by every sink; a restart watches on from there without listing. Records
+  not acknowledged by then are made again from the watch. With scope ``node`` it is
+  saved in ``<state_dir>/kube-events.json`` (write, fsync, rename, fsync the directory, as
+  the checkpoints are); with ``cluster``, in an annotation of the Lease, written with each
+  renewal and at the hand-over, where the next leader finds it.
 
 Counting: occurrences seen by the watch (not those listed at start, which happened before)
 feed the metrics: Events by reason; probe failures by namespace, workload, pod and probe
@@ -35,6 +47,8 @@ import collections
 import contextlib
 import functools
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +56,7 @@ from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from observer.agent.event_records import event_record, termination_record
@@ -54,7 +68,8 @@ from observer.agent.kubelet_messages import (
 from observer.agent.state_file import StateFile
 from observer.config import AgentConfig, KubeEventsConfig
 from observer.kube.client import JsonObject
-from observer.kube.events import KubeletEvents, event_count
+from observer.kube.events import KubeletEvents, event_count, event_host
+from observer.kube.lease import LeaderElection
 from observer.kube.metadata import PodMetadataCache
 from observer.kube.workload import workload_of
 from observer.sinks import Sink
@@ -73,6 +88,11 @@ BATCH_RECORDS = 500
 SAVE_INTERVAL = 1.0
 SEEN_EVENTS_MAX = 50_000
 """Event uids whose last count is remembered (the kubelet's Events live an hour)."""
+RESUME_ANNOTATION = "observer.dev/kube-events-resource-version"
+"""On the Lease (scope cluster): where the next leader's watch resumes."""
+FETCH_BACKLOG_MAX = 1_000
+"""Events waiting behind a pod's GET; past this they go on with what the cache knows."""
+FETCH_TIMEOUT = 5.0
 
 
 class ResumePoint:
@@ -160,13 +180,29 @@ class KubeletEventSource:
         self.sinks = sinks
         self.node = metadata.node_name
         self.resume = ResumePoint(state_dir)
-        self.watch = KubeletEvents(
-            metadata.api, self.node, self._event, resource_version=self.resume.load()
-        )
+        self.election: LeaderElection | None = None
+        if settings.scope == "cluster":
+            election = settings.leader_election
+            self.election = LeaderElection(
+                metadata.api,
+                election.namespace,
+                election.lease_name,
+                election.identity or f"{self.node}_{socket.gethostname()}_{os.getpid()}",
+                election.lease_duration,
+                election.renew_interval,
+            )
+            self.watch = KubeletEvents(metadata.api, None, self._event)
+        else:
+            self.watch = KubeletEvents(
+                metadata.api, self.node, self._event, resource_version=self.resume.load()
+            )
         metadata.pod_listeners.append(self._pod)
         self.counts = EventCounts()
         self._buffer: collections.deque[Document] = collections.deque()
         self._wake = asyncio.Event()
+        self._incoming: collections.deque[tuple[str, JsonObject, bool]] = collections.deque()
+        """Events waiting, in order, for their pod's GET (`_needs_pod`)."""
+        self._incoming_wake = asyncio.Event()
         self._pending: collections.deque[_Sent] = collections.deque()
         self._safe = self.resume.saved
         """Every record up to this resourceVersion is acknowledged by every sink."""
@@ -178,29 +214,34 @@ class KubeletEventSource:
     # --- running -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        watching = self.watch.run() if self.election is None else self.election.run(self._lead)
         self._tasks = [
-            asyncio.create_task(self.watch.run(), name="kubelet events watch"),
+            asyncio.create_task(watching, name="kubelet events watch"),
             asyncio.create_task(self._deliver(), name="kubelet events delivery"),
             asyncio.create_task(self._save_periodically(), name="kubelet events resume"),
+            asyncio.create_task(self._enrich(), name="kubelet events pod reads"),
         ]
         for task in self._tasks:
             task.add_done_callback(_stopped)
 
     async def stop(self, drain_for: float) -> None:
-        """Stop watching, deliver what is held for up to `drain_for` seconds, save the resume point."""
-        watch, delivery, saver = self._tasks
+        """Stop watching (a leader hands the Lease over with its resume point), deliver what
+        is held for up to `drain_for` seconds, save the resume point."""
+        watch, *others = self._tasks
+        self._hand_over()
         watch.cancel()
         await asyncio.wait({watch})
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_for):
-                while self._buffer or self._pending:
+                while self._buffer or self._pending or self._incoming:
                     self._wake.set()
                     await asyncio.sleep(0.05)
-        for task in (delivery, saver):
+        for task in others:
             task.cancel()
-        await asyncio.wait({delivery, saver})
+        await asyncio.wait(others)
         self._advance()
-        await self.resume.save(self._safe)
+        if self.election is None:
+            await self.resume.save(self._safe)
         if self._buffer or self._pending:
             log.warning(
                 "Stopping with kubelet event records not acknowledged; they are made again "
@@ -238,18 +279,73 @@ class KubeletEventSource:
 
     def _advance(self) -> None:
         """Nothing held: the watch's own version is safe (bookmarks, other nodes' Events)."""
-        if not self._buffer and not self._pending and self.watch.resource_version:
+        held = self._buffer or self._pending or self._incoming
+        if not held and self.watch.resource_version:
             self._safe = self.watch.resource_version
+
+    def _hand_over(self) -> None:
+        """Scope cluster: the resume point goes with the Lease's next write."""
+        if self.election is not None and self.election.leading and self._safe:
+            self.election.annotations[RESUME_ANNOTATION] = self._safe
 
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
             self._advance()
-            await self.resume.save(self._safe)
+            if self.election is None:
+                await self.resume.save(self._safe)
+            else:
+                self._hand_over()
+
+    async def _lead(self, annotations: dict[str, str]) -> None:
+        """Scope cluster, while this agent holds the Lease: watch every node's kubelet
+        Events from where the last leader's records were all acknowledged."""
+        resume_from = annotations.get(RESUME_ANNOTATION, "")
+        self._safe = resume_from
+        self.watch.reflector.resource_version = resume_from
+        await self.watch.run()
 
     # --- what comes in -------------------------------------------------------------------
 
     def _event(self, kind: str, event: JsonObject, listing: bool) -> None:
+        if self._incoming or self._needs_pod(kind, event, listing):
+            self._incoming.append((kind, event, listing))
+            self._incoming_wake.set()
+        else:
+            self._make(kind, event, listing)
+
+    def _needs_pod(self, kind: str, event: JsonObject, listing: bool) -> bool:
+        """A new occurrence, from the watch, about a pod the cache has not seen lately."""
+        involved = event.get("involvedObject") or {}
+        return (
+            kind != "DELETED"
+            and not listing
+            and involved.get("kind") == "Pod"
+            and not self.metadata.knows(str(involved.get("uid") or ""))
+            and event_count(event) > self._seen.get(event["metadata"]["uid"], 0)
+        )
+
+    async def _enrich(self) -> None:
+        """Read the pods of waiting Events, one GET each, and make their records in order."""
+        while True:
+            if not self._incoming:
+                self._incoming_wake.clear()
+                await self._incoming_wake.wait()
+                continue
+            kind, event, listing = self._incoming[0]
+            if len(self._incoming) <= FETCH_BACKLOG_MAX and self._needs_pod(kind, event, listing):
+                involved = event["involvedObject"]
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FETCH_TIMEOUT):
+                        await self.metadata.fetch_pod(
+                            str(involved.get("namespace") or ""),
+                            str(involved.get("name") or ""),
+                            str(involved.get("uid") or ""),
+                        )
+            self._incoming.popleft()
+            self._make(kind, event, listing)
+
+    def _make(self, kind: str, event: JsonObject, listing: bool) -> None:
         uid = event["metadata"]["uid"]
         if kind == "DELETED":  # expired (Events live an hour): nothing happened
             self._seen.pop(uid, None)
@@ -262,7 +358,7 @@ class KubeletEventSource:
         self._seen.move_to_end(uid)
         if len(self._seen) > SEEN_EVENTS_MAX:
             self._seen.popitem(last=False)
-        record = event_record(event, self.metadata, self.node)
+        record = event_record(event, self.metadata, event_host(event) or self.node)
         if not (listing and last is None):  # listed first: it happened before we looked
             self._occurred(record, count - last if last is not None else 1)
         self._enqueue(record)
@@ -384,7 +480,7 @@ class KubeletEventMetrics(Collector):
     def __init__(self, source: KubeletEventSource) -> None:
         self.source = source
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         self.source.forget_gone_pods()
         counts = self.source.counts
         records = CounterMetricFamily(
@@ -417,7 +513,8 @@ class KubeletEventMetrics(Collector):
         probes = CounterMetricFamily(
             metric_name("probe_failures"),
             "Failed or errored probes (the kubelet's Unhealthy Events), by probe kind; pods of "
-            "this node, each series gone once its pod is.",
+            "this node (every node's on the Events leader, with scope cluster), each series "
+            "gone once its pod is.",
             labels=["namespace", "workload", "pod", "probe"],
         )
         for labels, value in sorted(counts.probe_failures.items()):
@@ -439,6 +536,13 @@ class KubeletEventMetrics(Collector):
         for oom_labels, value in sorted(counts.oom_kills.items()):
             oom.add_metric(list(oom_labels), value)
         yield oom
+        if self.source.election is not None:
+            yield GaugeMetricFamily(
+                metric_name("kubernetes_events_leader"),
+                "1 while this agent holds the Lease and watches every node's kubelet Events "
+                "(scope cluster); the agents' sum is 1 when all is well.",
+                value=int(self.source.election.leading),
+            )
 
 
 def event_sinks(

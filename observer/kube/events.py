@@ -1,4 +1,4 @@
-"""The kubelet's Events about this node and its pods, from one watch.
+"""The kubelet's Events, of this node or of the whole cluster, from one watch.
 
 The kubelet reports what it does to containers as core/v1 Events: probe failures
 (``Unhealthy``), kills (``Killing``), restarts held back (``BackOff``), image pulls, and
@@ -14,6 +14,9 @@ for ``fieldSelector=source=kubelet`` and keeps only this node's Events as they a
 the others are dropped before they are stored, so memory follows this node's Events,
 not the cluster's. That the server sends every kubelet Event of the cluster to every
 agent is the price, measured in docs/kubernetes-api-load.md.
+
+Without a node (the cluster's one Events watcher, `observer.kube.lease` elects it) every
+kubelet Event is handed on, and none is kept: the handler keeps what it needs.
 
 Resuming: the watch can start from a saved resourceVersion without listing. When that
 version has been compacted out of etcd (the API server keeps about five minutes of history
@@ -54,12 +57,13 @@ def event_count(event: JsonObject) -> int:
 
 
 class KubeletEvents:
-    """This node's kubelet Events, handed to `on_event` as they are listed and watched."""
+    """A node's kubelet Events (every node's, without one), handed to `on_event` as they are
+    listed and watched."""
 
     def __init__(
         self,
         api: KubeApi,
-        node_name: str,
+        node_name: str | None,
         on_event: EventHandler,
         resource_version: str = "",
     ) -> None:
@@ -71,8 +75,10 @@ class KubeletEvents:
             EVENTS_PATH,
             {"fieldSelector": KUBELET_SELECTOR},
             on_event=self._handle,
-            keep=self._on_this_node,
+            keep=None if node_name is None else self._on_this_node,
             resource_version=resource_version,
+            remember=node_name is not None,
+            watch_cached=False,  # Events are served from etcd, which keeps their history
         )
 
     @property
@@ -83,7 +89,8 @@ class KubeletEvents:
     async def run(self) -> None:
         """Watch until cancelled; API failures are retried by the reflector, never raised."""
         log.info(
-            "Watching the kubelet's Events for this node.",
+            "Watching the kubelet's Events"
+            + (" of every node." if self.node_name is None else " for this node."),
             extra={
                 "node": self.node_name,
                 "resume_from": self.reflector.resource_version or None,

@@ -26,11 +26,17 @@ runtime's id, its ``containerd://`` scheme removed).
 
 `version` changes whenever a pod's fields may have changed, so that a reader of many
 files can look again only then, rather than for every line.
+
+Pods of other nodes are known only when asked for: `fetch_pod` reads one with a GET (the
+cluster-wide Events watcher enriches the Events of every node's pods) and keeps it for
+`deleted_pod_grace`, an unknown one too, so that a pod's Events cost one GET per period.
+They are not indexed by IP: spans come from this node's pods.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -65,6 +71,8 @@ _PARENT_PATHS = {
 _GRANDPARENT_KINDS = {"Deployment": "deployment", "CronJob": "cronjob"}
 OWNER_RETRY_SECONDS = 30.0
 """After a failed GET of an owner, how long before it is tried again."""
+FETCHED_PODS_MAX = 10_000
+"""Pods of other nodes kept (`fetch_pod`), the least recently fetched forgotten first."""
 
 
 def dedot(mapping: Mapping[str, str] | None) -> dict[str, str]:
@@ -193,6 +201,10 @@ class PodMetadataCache:
         """By UID, deleted pods included until their grace period ends."""
         self.pods_by_ip: dict[str, str] = {}
         """Pod IP → UID; a live pod wins over a deleted one that had the address."""
+        self.fetched: collections.OrderedDict[str, tuple[PodEntry | None, float]] = (
+            collections.OrderedDict()
+        )
+        """Pods of other nodes by UID, as read by `fetch_pod` (None: not found), and when."""
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.owners: dict[str, Fields] = {}
         """Workload fields by the UID of a ReplicaSet or Job, fetched once."""
@@ -253,7 +265,15 @@ class PodMetadataCache:
                     continue  # lines of it are still to be read: they need its metadata
                 del self.pods[uid]
                 self._unindex_ips(entry)
-        owners = {entry.owner[2] for entry in self.pods.values() if entry.owner}
+        for uid in [
+            uid for uid, (_, at) in self.fetched.items() if now - at >= self.deleted_pod_grace
+        ]:
+            del self.fetched[uid]
+        owners = {
+            entry.owner[2]
+            for entry in (*self.pods.values(), *(fetched for fetched, _ in self.fetched.values()))
+            if entry is not None and entry.owner
+        }
         for uid in [uid for uid in self.owners if uid not in owners]:
             del self.owners[uid]
         for uid in [uid for uid in self._owner_failures if uid not in owners]:
@@ -269,7 +289,51 @@ class PodMetadataCache:
     # --- what readers ask ----------------------------------------------------------------
 
     def pod(self, uid: str) -> PodEntry | None:
-        return self.pods.get(uid)
+        entry = self.pods.get(uid)
+        if entry is None and uid in self.fetched:
+            return self.fetched[uid][0]
+        return entry
+
+    def knows(self, uid: str) -> bool:
+        """Whether the pod is cached, or was fetched (found or not) within the grace period."""
+        return uid in self.pods or uid in self.fetched
+
+    async def fetch_pod(self, namespace: str, name: str, uid: str) -> PodEntry | None:
+        """A pod not in the cache (another node's), read with one GET and its owner's, kept
+        for `deleted_pod_grace`; None when it is gone or is another pod of that name.
+        API failures answer None and are not remembered (the next Event asks again)."""
+        try:
+            found = await self.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        except ApiStatusError as error:
+            if error.code != 404:
+                return self._fetch_failed(namespace, name, error)
+            found = {}
+        except (httpx.HTTPError, OSError, ValueError) as error:
+            return self._fetch_failed(namespace, name, error)
+        entry = None
+        if (found.get("metadata") or {}).get("uid") == uid:
+            entry = PodEntry.from_pod(found, self.annotations)
+            owner = entry.owner
+            if (
+                owner is not None
+                and owner[0] in _PARENT_PATHS
+                and owner[2] not in self.owners
+                and owner[2] not in self._resolving
+            ):
+                self._resolving.add(owner[2])
+                await self._fetch_owner(owner[0], namespace, owner[1], owner[2])
+        self.fetched[uid] = (entry, self.clock())
+        self.fetched.move_to_end(uid)
+        if len(self.fetched) > FETCHED_PODS_MAX:
+            self.fetched.popitem(last=False)
+        return entry
+
+    def _fetch_failed(self, namespace: str, name: str, error: Exception) -> PodEntry | None:
+        log.warning(
+            "Could not read a pod of another node; its records go without its metadata.",
+            extra={"namespace": namespace, "pod": name, "error": str(error)},
+        )
+        return None
 
     def collection(self, uid: str, container: str) -> CollectionHints:
         """What the pod's ``observer.dev/*`` annotations ask for this container's logs."""
@@ -285,7 +349,7 @@ class PodMetadataCache:
     def fields(self, uid: str, container: str, restart_count: int) -> tuple[Fields, Fields] | None:
         """The ``kubernetes`` and ``container`` parts of a record from this pod's container,
         built anew (callers may keep them); None when the pod is unknown."""
-        entry = self.pods.get(uid)
+        entry = self.pod(uid)
         if entry is None:
             return None
         kubernetes: Fields = {

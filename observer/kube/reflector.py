@@ -6,6 +6,12 @@ that ends normally (the server's timeout) is resumed from the last resourceVersi
 only `410 Gone` (the version was compacted out of etcd) forces a relist. Failures back off
 exponentially with jitter, capped, so that thousands of agents do not stampede a
 recovering API server. See the Kubernetes API concepts, "Efficient detection of changes".
+
+One departure from client-go: after a failure to connect, a resource the API server serves
+from its watch cache is listed at once rather than watched from the old version. The
+server was down; a restarted server's watch cache begins at its start, so it would answer
+that watch `410 Gone` and the list would follow anyway (measured: one doomed watch per
+resource per agent after every API server restart, in docs/kubernetes-api-load.md).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Reflector:
         keep: Callable[[JsonObject], bool] | None = None,
         resource_version: str = "",
         clock: Callable[[], float] = time.monotonic,
+        remember: bool = True,
+        watch_cached: bool = True,
     ) -> None:
         self.api = api
         self.path = path
@@ -52,7 +60,13 @@ class Reflector:
         """Objects it rejects are neither stored nor handled: a condition on a field the
         server cannot select on (an Event's ``source.host``)."""
         self.store: dict[str, JsonObject] = {}
-        """Objects by metadata.uid, as the server last described them."""
+        """Objects by metadata.uid, as the server last described them (with `remember`)."""
+        self.remember = remember
+        """False: objects are handed to `on_event` and not kept (the cluster's Events, which
+        the handler reduces to what it needs); a relist then reports no deletions."""
+        self.watch_cached = watch_cached
+        """The server serves this resource from its watch cache (all but Events, by
+        default): after a failure to connect, list rather than resume (module docstring)."""
         self.synced = asyncio.Event()
         self.resource_version = resource_version
         """Where the next watch starts; given at construction, it resumes a saved position
@@ -90,6 +104,8 @@ class Reflector:
                 failures += 1
                 await self._back_off(failures, error)
             except (httpx.HTTPError, OSError, ValueError) as error:
+                if self.watch_cached and isinstance(error, httpx.ConnectError):
+                    self.resource_version = ""
                 failures += 1
                 await self._back_off(failures, error)
 
@@ -141,11 +157,12 @@ class Reflector:
     def _apply(self, kind: str, item: JsonObject) -> None:
         if self.keep is not None and not self.keep(item):
             return
-        uid = item["metadata"]["uid"]
-        if kind == "DELETED":
-            self.store.pop(uid, None)
-        else:
-            self.store[uid] = item
+        if self.remember:
+            uid = item["metadata"]["uid"]
+            if kind == "DELETED":
+                self.store.pop(uid, None)
+            else:
+                self.store[uid] = item
         if self.on_event is not None:
             self.on_event(kind, item)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from observer.agent import app
 from observer.agent.events import STATE_FILE
 from observer.config import AgentConfig
 from observer.kube.client import KubeApi
@@ -246,3 +247,126 @@ async def test_compacted_resume_point_lists_once_and_stores_nothing_twice(
     assert [hit["_source"]["event"]["id"].rpartition("/")[2] for hit in stored(es)] == ["1", "2"]
     assert event_lists == 1
     assert duplicates == 1
+
+
+class Agent:
+    """An agent process's run, in this event loop, stopped gracefully on demand."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.registry = CollectorRegistry()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            app.run(config, once=False, stop=self._stop, registry=self.registry)
+        )
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    @property
+    def leading(self) -> bool:
+        return self.sample("observer_kubernetes_events_leader") == 1
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._stop.set()
+            await asyncio.wait_for(self._task, 15)
+
+
+def cluster_scope_config(
+    tmp_path: Path, node: str, kube: KubeCluster, es: Node, lease_namespace: str
+) -> AgentConfig:
+    base = agent_config(tmp_path / node, node, kube, es).model_dump(mode="json")
+    base["sources"]["kube_events"].update(
+        scope="cluster",
+        leader_election={
+            "namespace": lease_namespace,
+            "lease_name": "observer-kube-events",
+            "lease_duration": "3s",
+            "renew_interval": "1s",
+        },
+    )
+    return AgentConfig.model_validate(base)
+
+
+async def test_cluster_scope_one_elected_agent_ships_every_nodes_events_and_a_successor_resumes(
+    tmp_path: Path, api: KubeApi, kube: KubeCluster, kube_namespace: str, node: str, es: Node
+) -> None:
+    """Two agents on two nodes, scope cluster: exactly one watches Events, and ships both
+    nodes' kubelet Events once each, each with its own pod's labels (the other node's pod
+    read with a GET). Stopped, it hands over: the other resumes from the Lease's annotation
+    without listing, and the Events that happen meanwhile are stored once each."""
+    nodes = [f"{node}-a", f"{node}-b"]
+    pods = []
+    for index, (host, app_label) in enumerate(zip(nodes, ("web", "pay"), strict=True)):
+        pods.append(
+            await create(
+                api,
+                f"/api/v1/namespaces/{kube_namespace}/pods",
+                pod_body(f"{app_label}-0", host, {"app": app_label}),
+            )
+        )
+        await set_running(api, kube_namespace, f"{app_label}-0", f"10.244.9.{index + 1}")
+    agents = [
+        Agent(cluster_scope_config(tmp_path, host, kube, es, kube_namespace)) for host in nodes
+    ]
+    events_path = f"/api/v1/namespaces/{kube_namespace}/events"
+
+    def ours() -> list[dict[str, Any]]:
+        return [
+            hit
+            for hit in stored(es)
+            if hit["_source"]["kubernetes"]["event"]["namespace"] == kube_namespace
+        ]
+
+    try:
+        await until(lambda: sum(agent.leading for agent in agents) == 1, within=15)
+        (leader,) = [agent for agent in agents if agent.leading]
+        (follower,) = [agent for agent in agents if not agent.leading]
+        for pod, host in zip(pods, nodes, strict=True):
+            name = f"{pod['metadata']['name']}.17f3a9c2b1d4e5f6"
+            await create(api, events_path, kubelet_event(kube_namespace, pod, host, name))
+        await until(lambda: len(ours()) == 2, within=30)
+        other_node_pod = {
+            "namespace": kube_namespace,
+            "workload": "",
+            "pod": "pay-0" if leader is agents[0] else "web-0",
+            "probe": "readiness",
+        }
+        other_node_failures = leader.sample("observer_probe_failures_total", other_node_pod)
+        assert follower.sample("observer_kubernetes_api_requests_total", {"verb": "watch"}) == 2
+        await asyncio.sleep(1.5)  # a save of the resume point into the Lease's annotations
+
+        await leader.stop()
+        await repeat(api, kube_namespace, "pay-0.17f3a9c2b1d4e5f6", 2)
+        await create(
+            api,
+            events_path,
+            kubelet_event(kube_namespace, pods[0], nodes[0], "web-0.17f3a9c2b1d4e700"),
+        )
+        await until(lambda: len(ours()) == 4, within=30)
+        await asyncio.sleep(1.0)  # time for anything that would be a duplicate
+        assert follower.leading
+        successor_lists = follower.sample(
+            "observer_kubernetes_relists_total", {"resource": "events"}
+        )
+    finally:
+        for agent in agents:
+            await agent.stop()
+
+    hits = ours()
+    assert len({hit["_id"] for hit in hits}) == 4
+    by_pod: dict[str, list[dict[str, Any]]] = {}
+    for hit in hits:
+        by_pod.setdefault(hit["_source"]["kubernetes"]["pod"]["name"], []).append(hit["_source"])
+    for name, host, app_label in (("web-0", nodes[0], "web"), ("pay-0", nodes[1], "pay")):
+        records = by_pod[name]
+        assert len(records) == 2
+        for record in records:
+            assert record["kubernetes"]["labels"] == {"app": app_label}
+            assert record["kubernetes"]["node"]["name"] == host
+            assert record["kubernetes"]["pod"]["ip"].startswith("10.244.9.")
+            assert "metadata_missing" not in record["kubernetes"]
+    assert sorted(r["kubernetes"]["event"]["count"] for r in by_pod["pay-0"]) == [1, 2]
+    assert other_node_failures == 1
+    assert successor_lists == 0, "the successor resumes from the Lease, without a list"

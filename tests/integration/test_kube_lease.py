@@ -60,8 +60,8 @@ async def leaders(candidates: list[Candidate]) -> list[Candidate]:
     return [candidate for candidate in candidates if candidate.working.is_set()]
 
 
-async def until_one_leads(candidates: list[Candidate], timeout: float) -> Candidate:
-    async with asyncio.timeout(timeout):
+async def until_one_leads(candidates: list[Candidate], within: float) -> Candidate:
+    async with asyncio.timeout(within):
         while True:
             leading = await leaders(candidates)
             if leading:
@@ -78,13 +78,11 @@ async def test_one_of_three_leads_and_a_graceful_stop_hands_over_at_once(
 ) -> None:
     """Three candidates: exactly one works; stopped gracefully, another takes over within a
     look (not after the lease duration), given the annotations the first one left."""
-    candidates = [
-        Candidate(api, kube_namespace, f"agent-{n}") for n, api in enumerate(connections)
-    ]
+    candidates = [Candidate(api, kube_namespace, f"agent-{n}") for n, api in enumerate(connections)]
     for candidate in candidates:
         candidate.start()
     try:
-        first = await until_one_leads(candidates, timeout=10)
+        first = await until_one_leads(candidates, within=10)
         await asyncio.sleep(LEASE_DURATION + 1)  # followers see it renewed, never expired
         assert await leaders(candidates) == [first]
         assert first.election.transitions == 1
@@ -100,7 +98,7 @@ async def test_one_of_three_leads_and_a_graceful_stop_hands_over_at_once(
             released["spec"]["holderIdentity"] != first.election.identity
         )
         others = [candidate for candidate in candidates if candidate is not first]
-        second = await until_one_leads(others, timeout=LEASE_DURATION)
+        second = await until_one_leads(others, within=LEASE_DURATION)
         waited = asyncio.get_running_loop().time() - handed_over_at
         assert waited < LEASE_DURATION, "a released lease is taken at the next look"
         assert second.handed[-1]["observer.dev/resume"] == "12345"
@@ -120,7 +118,7 @@ async def test_a_crashed_leader_is_replaced_after_the_lease_expires_and_not_befo
     duration, then one other candidate takes it."""
     first = Candidate(connections[0], kube_namespace, "agent-a")
     first.start()
-    await until_one_leads([first], timeout=10)
+    await until_one_leads([first], within=10)
     # The crash: the task is gone, and nothing released the lease.
     assert first.task is not None
     first.election._release = _nothing  # type: ignore[method-assign]
@@ -133,7 +131,7 @@ async def test_a_crashed_leader_is_replaced_after_the_lease_expires_and_not_befo
     try:
         await asyncio.sleep(LEASE_DURATION * 0.7)
         assert await leaders(others) == [], "taken over before the lease expired"
-        second = await until_one_leads(others, timeout=LEASE_DURATION * 2 + RENEW_INTERVAL * 3)
+        second = await until_one_leads(others, within=LEASE_DURATION * 2 + RENEW_INTERVAL * 3)
         waited = asyncio.get_running_loop().time() - crashed_at
         assert waited >= LEASE_DURATION * 0.9
         await asyncio.sleep(RENEW_INTERVAL * 3)
@@ -151,7 +149,7 @@ async def test_a_leader_that_cannot_renew_stops_working_before_another_may_take_
     first = Candidate(connections[0], kube_namespace, "agent-a")
     first.start()
     try:
-        await until_one_leads([first], timeout=10)
+        await until_one_leads([first], within=10)
         # Cut this candidate off: its requests go to a port nothing listens on.
         first.election.api = KubeApi.connect(KubernetesConfig(kubeconfig=kube.kubeconfig))
         first.election.api.http.base_url = "https://127.0.0.1:9"  # type: ignore[assignment]

@@ -52,7 +52,13 @@ def names(registry: CollectorRegistry) -> Names:
 
 async def agent_metric_names(tmp_path: Path) -> Names:
     """The metrics `observer.agent.app.run` registers while following, with every source on."""
-    config = AgentConfig(state_dir=tmp_path, node_name="node-a")
+    config = AgentConfig.model_validate(
+        {
+            "state_dir": str(tmp_path),
+            "node_name": "node-a",
+            "sources": {"kube_events": {"scope": "cluster"}},  # its leader gauge too
+        }
+    )
     registry = CollectorRegistry()
     sinks = build_sinks(config, registry)
     # Never connected: the registry is only read.
