@@ -32,6 +32,7 @@ SEVERITIES = {"critical", "warning", "info"}
 NAMED_INSTEAD_OF_INSTANCE = {
     "ObserverServiceErrorRatioHigh": ("service",),
     "ObserverReadinessProbeFailing": ("namespace", "workload"),
+    "ObserverKubeEventsLeaderMissing": ("job",),  # about the agents together: none leads
 }
 
 
