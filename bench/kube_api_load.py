@@ -120,7 +120,7 @@ async def deployment_with_pods(api: KubeApi, name: str, pods: int, node: str) ->
         )
 
 
-def kubelet_event(pod: str, node: str, serial: int) -> dict[str, Any]:
+def kubelet_event(pod: str, uid: str, node: str, serial: int) -> dict[str, Any]:
     return {
         "metadata": {"name": f"{pod}.{serial:016x}", "namespace": NAMESPACE},
         "involvedObject": {
@@ -128,6 +128,7 @@ def kubelet_event(pod: str, node: str, serial: int) -> dict[str, Any]:
             "kind": "Pod",
             "namespace": NAMESPACE,
             "name": pod,
+            "uid": uid,
             "fieldPath": "spec.containers{app}",
         },
         "reason": "Unhealthy",
@@ -148,11 +149,13 @@ async def churn(api: KubeApi, pods: int, stop: asyncio.Event, stats: dict[str, A
         await asyncio.sleep(5)
         tick += 1
         for node, workload in ((NODE, "web0"), ("other-node", "far0")):
+            pod = f"{workload}-{node}-{tick % pods}"
+            found = await api.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")
             event = await api.request(
                 "create",
                 "POST",
                 f"/api/v1/namespaces/{NAMESPACE}/events",
-                body=kubelet_event(f"{workload}-{node}-{tick % pods}", node, tick),
+                body=kubelet_event(pod, found["metadata"]["uid"], node, tick),
             )
             stats["event_bytes"].append(len(orjson.dumps(event)))
             stats["events_posted"][node] += 1
