@@ -228,6 +228,7 @@ class KubeletEventSource:
         """Stop watching (a leader hands the Lease over with its resume point), deliver what
         is held for up to `drain_for` seconds, save the resume point."""
         watch, *others = self._tasks
+        self._advance()
         self._hand_over()
         watch.cancel()
         await asyncio.wait({watch})
@@ -242,11 +243,14 @@ class KubeletEventSource:
         self._advance()
         if self.election is None:
             await self.resume.save(self._safe)
-        if self._buffer or self._pending:
+        if self._buffer or self._pending or self._incoming:
             log.warning(
                 "Stopping with kubelet event records not acknowledged; they are made again "
                 "from the watch at the next start.",
-                extra={"records": len(self._buffer), "batches": len(self._pending)},
+                extra={
+                    "records": len(self._buffer) + len(self._incoming),
+                    "batches": len(self._pending),
+                },
             )
 
     async def _deliver(self) -> None:
