@@ -132,10 +132,8 @@ async def run(
         handled_signals = (signal.SIGTERM, signal.SIGINT)
         for signal_number in handled_signals:
             loop.add_signal_handler(signal_number, stop.set)
-    await pipeline.start()
     # The pipeline exposes no failure of its own; its one worker task is watched here.
-    worker = pipeline._worker
-    assert worker is not None
+    worker = await pipeline.start()
     retention = asyncio.create_task(
         keep_retention(store, config.storage.retention), name="trace retention"
     )

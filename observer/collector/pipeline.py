@@ -124,8 +124,11 @@ class TracePipeline:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self) -> asyncio.Task[None]:
+        """Start the worker; returned for the caller to watch: it ends only by `stop` or a
+        failure, which the pipeline does not handle itself."""
         self._worker = asyncio.create_task(self._run(), name="trace-pipeline")
+        return self._worker
 
     async def stop(self) -> None:
         """Refuse new batches, assemble and write everything accepted, then end."""

@@ -7,11 +7,13 @@ only `410 Gone` (the version was compacted out of etcd) forces a relist. Failure
 exponentially with jitter, capped, so that thousands of agents do not stampede a
 recovering API server. See the Kubernetes API concepts, "Efficient detection of changes".
 
-One departure from client-go: after a failure to connect, a resource the API server serves
-from its watch cache is listed at once rather than watched from the old version. The
-server was down; a restarted server's watch cache begins at its start, so it would answer
-that watch `410 Gone` and the list would follow anyway (measured: one doomed watch per
-resource per agent after every API server restart, in docs/kubernetes-api-load.md).
+One departure from client-go: when no API server could be reached for `UNREACHABLE_RELIST`
+seconds, a resource the API server serves from its watch cache is listed at once rather
+than watched from the old version. Such an outage is an API server restart (a connection
+blip is shorter; with several API servers behind one address, another answers at once),
+and a restarted server's watch cache begins at its start: it would answer that watch
+`410 Gone` and the list would follow anyway (measured: one doomed watch per resource per
+agent after every API server restart, in docs/kubernetes-api-load.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ EventHandler = Callable[[str, JsonObject], None]
 """Called with ADDED, MODIFIED or DELETED and the object, after the store is updated."""
 
 HTTP_GONE = 410
+UNREACHABLE_RELIST = 10.0
+"""Seconds without reaching the API server after which a watch-cached resource lists."""
 
 
 class Reflector:
@@ -66,7 +70,8 @@ class Reflector:
         the handler reduces to what it needs); a relist then reports no deletions."""
         self.watch_cached = watch_cached
         """The server serves this resource from its watch cache (all but Events, by
-        default): after a failure to connect, list rather than resume (module docstring)."""
+        default): after a long failure to connect, list rather than resume (module
+        docstring)."""
         self.synced = asyncio.Event()
         self.resource_version = resource_version
         """Where the next watch starts; given at construction, it resumes a saved position
@@ -77,6 +82,8 @@ class Reflector:
         self.watch_restarts = 0
         self.clock = clock
         self.failing_since: float | None = None
+        self._unreachable_since: float | None = None
+        """When connecting first failed, in the present failure (None: it connects)."""
         """When the list/watch last stopped working (None while it works): the age of
         what the store knows is at most this old."""
 
@@ -88,6 +95,13 @@ class Reflector:
         """List and watch until cancelled; never raises for API failures."""
         failures = 0
         while True:
+            unreachable = self._unreachable_since
+            if (
+                self.watch_cached
+                and unreachable is not None
+                and self.clock() - unreachable >= UNREACHABLE_RELIST
+            ):
+                self.resource_version = ""
             try:
                 if not self.resource_version:
                     await self._relist()
@@ -104,8 +118,8 @@ class Reflector:
                 failures += 1
                 await self._back_off(failures, error)
             except (httpx.HTTPError, OSError, ValueError) as error:
-                if self.watch_cached and isinstance(error, httpx.ConnectError):
-                    self.resource_version = ""
+                if isinstance(error, httpx.ConnectError) and self._unreachable_since is None:
+                    self._unreachable_since = self.clock()
                 failures += 1
                 await self._back_off(failures, error)
 
@@ -153,6 +167,7 @@ class Reflector:
 
     def _working(self) -> None:
         self.failing_since = None
+        self._unreachable_since = None
 
     def _apply(self, kind: str, item: JsonObject) -> None:
         if self.keep is not None and not self.keep(item):

@@ -313,9 +313,14 @@ async def test_api_server_down_for_a_minute_loses_no_line_and_costs_one_list_per
         def caught_up() -> bool:
             after_log.write(["after the outage"])  # read before the pod is known: marked
             after = samples(registry, "observer_kubernetes_relists_total", "resource")
-            return all(after[r] == relists[r] + 1 for r in ("pods", "namespaces")) and any(
-                d["message"] == "after the outage" and d["kubernetes"].get("labels")
-                for d in delivered(tmp_path)
+            down = samples(registry, "observer_kubernetes_watch_down_seconds", "resource")
+            return (
+                all(after[r] == relists[r] + 1 for r in ("pods", "namespaces"))
+                and all(seconds == 0 for seconds in down.values())  # every watch open again
+                and any(
+                    d["message"] == "after the outage" and d["kubernetes"].get("labels")
+                    for d in delivered(tmp_path)
+                )
             )
 
         await until(caught_up, within=60)
