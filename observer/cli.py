@@ -14,6 +14,7 @@ import yaml
 
 from observer import __version__, config
 from observer.telemetry import configure_logging
+from observer.tls import TlsFileError
 
 log = logging.getLogger("observer")
 
@@ -89,7 +90,11 @@ def run_agent(path: Path, once: bool, log_level: str | None) -> int:
         return EXIT_INVALID_CONFIG
     configure_logging(log_level or loaded.telemetry.log_level)
     _tune_garbage_collection()
-    asyncio.run(app.run(loaded, once))
+    try:
+        asyncio.run(app.run(loaded, once))
+    except TlsFileError as error:
+        log.error("The agent cannot start.", extra={"problem": str(error)})
+        return EXIT_FAILED
     return EXIT_OK
 
 

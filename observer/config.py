@@ -176,6 +176,15 @@ class TlsConfig(Section):
         return self
 
 
+class ServerTlsConfig(Section):
+    """TLS on a receiver's port. With `client_ca_file`, every sender must present a
+    certificate signed by it (mutual TLS). The files are read when the receiver starts."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
 class ElasticsearchConfig(Section):
     """Where documents go. Several hosts give failover; auth is basic, API key or a client cert."""
 
@@ -313,6 +322,7 @@ class OtlpGrpcReceiverConfig(Section):
     enabled: bool = True
     listen: ListenAddress = "0.0.0.0:4317"
     max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    tls: ServerTlsConfig | None = None
 
 
 class OtlpHttpReceiverConfig(Section):
@@ -321,6 +331,7 @@ class OtlpHttpReceiverConfig(Section):
     enabled: bool = True
     listen: ListenAddress = "0.0.0.0:4318"
     max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    tls: ServerTlsConfig | None = None
 
 
 class ZipkinReceiverConfig(Section):
@@ -329,6 +340,7 @@ class ZipkinReceiverConfig(Section):
     enabled: bool = True
     listen: ListenAddress = "0.0.0.0:9411"
     max_request_bytes: ByteSize = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    tls: ServerTlsConfig | None = None
 
 
 class SpansConfig(Section):
@@ -340,7 +352,8 @@ class SpansConfig(Section):
     otlp_http: OtlpHttpReceiverConfig = OtlpHttpReceiverConfig()
     zipkin: ZipkinReceiverConfig = ZipkinReceiverConfig()
     max_concurrent_requests: int = Field(default=64, ge=1)
-    """Per receiver; more at once are answered "retry later" before their bodies are read."""
+    """Per receiver; more at once are answered "retry later" (HTTP: before their bodies
+    are read)."""
 
 
 class CollectorBatchConfig(Section):
@@ -363,6 +376,27 @@ class CollectorRetryConfig(RetryConfig):
     """A batch still failing after this long is dropped and counted."""
 
 
+class CollectorTlsConfig(Section):
+    """TLS to the collector replicas (their receivers' `tls`). Off by default, as spans
+    stay inside the cluster's network; the files are read when the agent starts."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    """The CA that signed the replicas' certificate; the system's roots when not given."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """A client certificate and its key, for replicas that require one (mutual TLS)."""
+    server_name: str | None = None
+    """The name the replicas' certificate must carry. By default the host of `endpoint`
+    (replicas found through it are dialled by IP), or of each of `endpoints`."""
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> CollectorTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise PydanticCustomError("tls_pair", "cert_file and key_file must be given together")
+        return self
+
+
 class CollectorSinkConfig(Section):
     """The collector replicas, over OTLP/gRPC; each trace goes to the replica its id
     hashes to (a consistent hash ring)."""
@@ -381,6 +415,7 @@ class CollectorSinkConfig(Section):
     batch: CollectorBatchConfig = CollectorBatchConfig()
     queue: CollectorQueueConfig = CollectorQueueConfig()
     retry: CollectorRetryConfig = CollectorRetryConfig()
+    tls: CollectorTlsConfig = CollectorTlsConfig()
 
 
 class AgentSinks(Section):
@@ -549,7 +584,8 @@ class CollectorReceivers(Section):
     otlp_grpc: OtlpGrpcReceiverConfig = OtlpGrpcReceiverConfig()
     otlp_http: OtlpHttpReceiverConfig = OtlpHttpReceiverConfig()
     max_concurrent_requests: int = Field(default=64, ge=1)
-    """Per receiver; more at once are answered "retry later" before their bodies are read."""
+    """Per receiver; more at once are answered "retry later" (HTTP: before their bodies
+    are read)."""
 
     @model_validator(mode="after")
     def _at_least_one(self) -> CollectorReceivers:

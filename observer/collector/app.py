@@ -72,6 +72,7 @@ def build_receivers(
                 counts,
                 settings.otlp_grpc.max_request_bytes,
                 limit,
+                tls=settings.otlp_grpc.tls,
             )
         )
     if settings.otlp_http.enabled:
@@ -83,6 +84,7 @@ def build_receivers(
                 otlp_routes=True,
                 zipkin_routes=False,
                 max_request_bytes=settings.otlp_http.max_request_bytes,
+                tls=settings.otlp_http.tls,
                 max_concurrent_requests=limit,
             )
         )

@@ -24,6 +24,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
+from observer.config import ServerTlsConfig
 from observer.protocols import otlp, zipkin
 from observer.protocols.otlp import Checked, PayloadError
 from observer.receivers import (
@@ -33,6 +34,7 @@ from observer.receivers import (
     Refusal,
     SpanConsumer,
 )
+from observer.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +122,14 @@ class HttpSpanReceiver:
         zipkin_routes: bool,
         max_request_bytes: int = 20 << 20,
         max_concurrent_requests: int = 64,
+        tls: ServerTlsConfig | None = None,
     ) -> None:
         self.listen = listen
         self.consume = consume
         self.counts = counts
         self.max_request_bytes = max_request_bytes
         self.max_concurrent_requests = max_concurrent_requests
+        self.tls = tls
         self.host, _, port = listen.rpartition(":")
         self.port = int(port)
         self.routes: dict[str, _Route] = {}
@@ -143,14 +147,24 @@ class HttpSpanReceiver:
         # Bodies are read and inflated by the handler, within the limit (module docstring).
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_port=False)
+        ssl_context = None
+        if self.tls is not None:
+            name = "otlp_http" if OTLP_PATH in self.routes else "zipkin"
+            ssl_context = server_context(self.tls, f"{name}.tls")
+        site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_port=False, ssl_context=ssl_context
+        )
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         log.info(
             "Receiving spans over HTTP.",
-            extra={"listen": f"{self.host}:{self.port}", "paths": sorted(self.routes)},
+            extra={
+                "listen": f"{self.host}:{self.port}",
+                "paths": sorted(self.routes),
+                "tls": self.tls is not None,
+            },
         )
 
     async def stop(self) -> None:

@@ -3,8 +3,9 @@
 The method is registered with no deserializer, so the handler gets the request's bytes
 and decodes them itself: an undecodable request is then INVALID_ARGUMENT with a message,
 where a failing deserializer would give INTERNAL. gRPC enforces the size limit
-(`max_request_bytes`, checked after decompression) and answers RESOURCE_EXHAUSTED itself;
-`max_concurrent_requests` past the limit are refused by gRPC the same way.
+(`max_request_bytes`, checked after decompression) and answers RESOURCE_EXHAUSTED itself.
+Requests past `max_concurrent_requests` are answered UNAVAILABLE by the handler, not by
+gRPC's own limiter, so that they are counted and carry RetryInfo like every refusal.
 
 Overload answers carry `google.rpc.RetryInfo` in `grpc-status-details-bin`, which makes
 RESOURCE_EXHAUSTED retryable for OTLP clients (OTLP spec, "OTLP/gRPC Throttling").
@@ -20,6 +21,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
+from observer.config import ServerTlsConfig
 from observer.protocols import otlp
 from observer.receivers import (
     RETRY_AFTER_SECONDS,
@@ -28,6 +30,7 @@ from observer.receivers import (
     Refusal,
     SpanConsumer,
 )
+from observer.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,16 @@ class OtlpGrpcReceiver:
         counts: IntakeCounts,
         max_request_bytes: int = 20 << 20,
         max_concurrent_requests: int = 64,
+        tls: ServerTlsConfig | None = None,
     ) -> None:
         self.listen = listen
         self.consume = consume
         self.counts = counts
         self.max_request_bytes = max_request_bytes
         self.max_concurrent_requests = max_concurrent_requests
+        self.tls = tls
         self.port = 0
+        self._active = 0
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -59,7 +65,6 @@ class OtlpGrpcReceiver:
                 # Two agents must never share a port by accident (tests, misconfiguration).
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=self.max_concurrent_requests,
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -70,13 +75,20 @@ class OtlpGrpcReceiver:
             },
         )
         server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(self.listen)
+        if self.tls is None:
+            self.port = server.add_insecure_port(self.listen)
+        else:
+            credentials = grpc_server_credentials(self.tls, f"{RECEIVER}.tls")
+            self.port = server.add_secure_port(self.listen, credentials)
         if self.port == 0:
             raise OSError(f"OTLP/gRPC receiver: cannot listen on {self.listen}")
         await server.start()
         self._server = server
         host = self.listen.rpartition(":")[0]
-        log.info("Receiving OTLP/gRPC spans.", extra={"listen": f"{host}:{self.port}"})
+        log.info(
+            "Receiving OTLP/gRPC spans.",
+            extra={"listen": f"{host}:{self.port}", "tls": self.tls is not None},
+        )
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop accepting calls; calls in progress get `grace` seconds to finish."""
@@ -86,6 +98,20 @@ class OtlpGrpcReceiver:
 
     async def _export(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         peer = peer_ip(context.peer())
+        if self._active >= self.max_concurrent_requests:
+            message = "too many requests at once; retry later"
+            self.counts.refused(RECEIVER, Refusal.TOO_MANY_REQUESTS, None, message, peer)
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, message, trailing_metadata=_retry_info(code, message))
+        self._active += 1
+        try:
+            return await self._accept(body, context, peer)
+        finally:
+            self._active -= 1
+
+    async def _accept(
+        self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes], peer: str | None
+    ) -> bytes:
         try:
             request = otlp.decode_protobuf(body)
         except otlp.PayloadError as error:

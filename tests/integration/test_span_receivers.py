@@ -413,3 +413,36 @@ async def test_requests_past_the_concurrency_limit_are_refused_before_reading(
         assert counts.requests_refused[("otlp_http", "too_many_requests")] == 1
     finally:
         await receiver.stop()
+
+
+async def test_grpc_calls_past_the_concurrency_limit_are_refused_and_counted(
+    recorder: Recorder, counts: IntakeCounts
+) -> None:
+    """With one call held in the consumer and a limit of one, the next call is answered
+    UNAVAILABLE with RetryInfo, and counted (gRPC's own limiter would do neither)."""
+    release = asyncio.Event()
+
+    async def slow(resource_spans: Any, spans: int, peer: str | None) -> Admission:
+        await release.wait()
+        return Admission.ACCEPTED
+
+    receiver = OtlpGrpcReceiver("127.0.0.1:0", slow, counts, max_concurrent_requests=1)
+    await receiver.start()
+    try:
+        body = valid_request(1).SerializeToString()
+        first = asyncio.create_task(grpc_call(receiver.port, body))
+        async with asyncio.timeout(10):
+            while receiver._active == 0:
+                await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await grpc_call(receiver.port, body)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = dict(raised.value.trailing_metadata() or ())["grpc-status-details-bin"]
+        [detail] = status_pb2.Status.FromString(details).details
+        assert detail.Unpack(error_details_pb2.RetryInfo())
+        release.set()
+        assert not ExportTraceServiceResponse.FromString(await first).HasField("partial_success")
+        assert counts.requests_refused[("otlp_grpc", "too_many_requests")] == 1
+        assert counts.spans_accepted["otlp_grpc"] == 1
+    finally:
+        await receiver.stop()

@@ -68,6 +68,7 @@ class SpanPipeline:
                     self.intake,
                     sources.otlp_grpc.max_request_bytes,
                     limit,
+                    tls=sources.otlp_grpc.tls,
                 )
             )
         if sources.otlp_http.enabled:
@@ -79,6 +80,7 @@ class SpanPipeline:
                     otlp_routes=True,
                     zipkin_routes=False,
                     max_request_bytes=sources.otlp_http.max_request_bytes,
+                    tls=sources.otlp_http.tls,
                     max_concurrent_requests=limit,
                 )
             )
@@ -91,6 +93,7 @@ class SpanPipeline:
                     otlp_routes=False,
                     zipkin_routes=True,
                     max_request_bytes=sources.zipkin.max_request_bytes,
+                    tls=sources.zipkin.tls,
                     max_concurrent_requests=limit,
                 )
             )

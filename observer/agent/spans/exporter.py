@@ -39,6 +39,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -54,6 +55,7 @@ from observer.agent.spans.route import Pieces, route
 from observer.config import CollectorSinkConfig
 from observer.protocols.otlp import EncodedBatch
 from observer.telemetry import metric_name
+from observer.tls import grpc_channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,22 @@ class CollectorExporter:
         """Bytes queued or in flight, all replicas: the bound `queue.max_bytes` applies."""
         self.counts = ExportCounts()
         self._drops_unlogged: Counter[str] = Counter()
-        self._drops_logged_at: dict[str, float] = {}
+        self._logged_at: dict[str, float] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._channel_options: list[tuple[str, Any]] = [("grpc.max_send_message_length", -1)]
+        if settings.tls.enabled:
+            # Read now: a missing or wrong file stops the start, not the first export.
+            self._credentials = grpc_channel_credentials(settings.tls, "sinks.collector.tls")
+            server_name = settings.tls.server_name
+            if server_name is None and not settings.endpoints:
+                server_name = settings.endpoint.rpartition(":")[0]
+            if server_name is not None:
+                # Replicas resolved from `endpoint` are dialled by IP; the certificate
+                # names the Service.
+                self._channel_options.append(("grpc.ssl_target_name_override", server_name))
 
     # --- what the pipeline asks ----------------------------------------------------------
 
@@ -172,14 +186,19 @@ class CollectorExporter:
 
     def _open(self, endpoint: str) -> _Replica:
         settings = self.settings
-        channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=[("grpc.max_send_message_length", -1)],
-            compression=(
-                grpc.Compression.Gzip
-                if settings.compression == "gzip"
-                else grpc.Compression.NoCompression
-            ),
+        compression = (
+            grpc.Compression.Gzip
+            if settings.compression == "gzip"
+            else grpc.Compression.NoCompression
+        )
+        channel = (
+            grpc.aio.insecure_channel(
+                endpoint, options=self._channel_options, compression=compression
+            )
+            if self._credentials is None
+            else grpc.aio.secure_channel(
+                endpoint, self._credentials, options=self._channel_options, compression=compression
+            )
         )
         export: grpc.aio.UnaryUnaryMultiCallable[bytes, ExportTraceServiceResponse] = (
             channel.unary_unary(
@@ -277,6 +296,7 @@ class CollectorExporter:
                         )
                         return
                     self.counts.retries += 1
+                    self._retrying(replica, f"{error.code().name}: {error.details()}")
                     backoff = min(backoff * 2, retry.max_backoff)
                     await asyncio.sleep(delay)
                     continue
@@ -293,15 +313,29 @@ class CollectorExporter:
         finally:
             self._release(len(data), spans)
 
+    def _retrying(self, replica: _Replica, detail: str) -> None:
+        """Say soon why a replica does not take spans (an unreachable address, a refused
+        certificate): retries may last `retry.max_elapsed` before anything is dropped."""
+        key = f"retrying {replica.endpoint}"
+        now = self.clock()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < DROP_LOG_INTERVAL:
+            return
+        self._logged_at[key] = now
+        log.warning(
+            "Export to a collector replica failed; retrying.",
+            extra={"replica": replica.endpoint, "detail": detail},
+        )
+
     def _drop(self, reason: str, spans: int, detail: str) -> None:
         """Count spans not delivered, and log it at most every DROP_LOG_INTERVAL per reason."""
         self.counts.dropped[reason] += spans
         self._drops_unlogged[reason] += spans
         now = self.clock()
-        last = self._drops_logged_at.get(reason)
+        last = self._logged_at.get(reason)
         if last is not None and now - last < DROP_LOG_INTERVAL:
             return
-        self._drops_logged_at[reason] = now
+        self._logged_at[reason] = now
         log.warning(
             "Spans were dropped on their way to the collectors.",
             extra={
