@@ -109,6 +109,34 @@ def test_agent_once_with_the_file_sink(tmp_path: Path) -> None:
     assert document["kubernetes"]["pod"] == {"name": "web-1", "uid": "uid-1"}
 
 
+def test_agent_with_a_missing_tls_file_exits_3_naming_the_setting(tmp_path: Path) -> None:
+    """A CA file that is not there stops the start, before any span is taken."""
+    (tmp_path / "pods").mkdir()
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "kubernetes: {enabled: false}\n"
+        f"telemetry: {{listen: '127.0.0.1:0'}}\n"
+        f"sources: {{pod_logs: {{root: {tmp_path / 'pods'}}}, spans: {{enabled: true, "
+        "otlp_grpc: {listen: '127.0.0.1:0'}, otlp_http: {enabled: false}, "
+        "zipkin: {enabled: false}}}\n"
+        f"sinks: {{elasticsearch: null, file: {{path: {tmp_path / 'out.jsonl'}}}, "
+        "collector: {endpoints: ['127.0.0.1:4317'], "
+        f"tls: {{enabled: true, ca_file: {tmp_path / 'absent-ca.crt'}}}}}}}\n"
+    )
+    result = observer("agent", "--config", config)
+    assert result.returncode == 3, result.stderr
+    [failure] = [
+        record
+        for record in map(json.loads, result.stderr.splitlines())
+        if record["message"] == "The agent cannot start."
+    ]
+    assert failure["problem"] == (
+        f"sinks.collector.tls.ca_file {tmp_path / 'absent-ca.crt'}: cannot be read: "
+        "No such file or directory"
+    )
+
+
 def test_version() -> None:
     """--version prints the package version."""
     assert observer("--version").stdout.strip() == f"observer {__version__}"
