@@ -32,6 +32,7 @@ SECRET_KEYS = {
     "es-credentials": ["username", "password"],
     "es-api-key": ["api_key"],
     "es-ca": ["ca.crt"],
+    "collector-tls": ["tls.crt", "tls.key", "ca.crt"],
 }
 
 
@@ -65,6 +66,7 @@ VARIANTS = {
     "file-sink-only": sets(
         "elasticsearch.enabled=false", "agent.config.sinks.file.path=/var/lib/observer/out.jsonl"
     ),
+    "collector-tls": sets("collector.tls.secretName=collector-tls"),
     "prometheus-operator": sets(
         "serviceMonitor.enabled=true",
         "prometheusRule.enabled=true",
@@ -143,8 +145,12 @@ def secret_files(manifests: list[Manifest], kind: str) -> dict[str, str]:
         if secret is None:
             continue
         assert mount.get("readOnly") is True
+        projected = {item["key"]: item["path"] for item in secret.get("items", [])}
         for key in SECRET_KEYS[secret["secretName"]]:
-            files[f"{mount['mountPath']}/{key}"] = f"{secret['secretName']}/{key}"
+            if projected and key not in projected:
+                continue
+            path = projected.get(key, key)
+            files[f"{mount['mountPath']}/{path}"] = f"{secret['secretName']}/{key}"
     return files
 
 

@@ -266,6 +266,42 @@ def test_secrets_are_read_from_where_they_are_mounted(helm: Path) -> None:
     assert (settings.api_key, settings.username) == ("es-api-key/api_key", None)
 
 
+def test_collector_tls_secret_serves_tls_and_the_agents_trust_only_its_ca(helm: Path) -> None:
+    """With collector.tls.secretName the collector's OTLP ports serve the Secret's
+    certificate; the agents export over TLS trusting its ca.crt, the one key of it they
+    can read, and check the certificate against the headless Service's name."""
+    manifests = render(
+        helm, "shop", "monitoring", "--set", "collector.tls.secretName=collector-tls"
+    )
+    agent_files = secret_files(manifests, "DaemonSet")
+    assert sorted(agent_files.values()) == ["collector-tls/ca.crt"]
+    sink = agent_config(manifests).sinks.collector
+    assert sink.tls.enabled
+    assert agent_files[str(sink.tls.ca_file)] == "collector-tls/ca.crt"
+    assert (sink.tls.cert_file, sink.tls.server_name) == (None, None)
+    # server_name's default: the certificate must name the Service the agents resolve
+    assert sink.endpoint == "shop-observer-collector-headless.monitoring.svc:4317"
+
+    collector_files = secret_files(manifests, "Deployment")
+    receivers = parse(
+        CollectorConfig, config_text(manifests, "collector"), "collector.yaml", {}
+    ).receivers
+    for receiver in (receivers.otlp_grpc, receivers.otlp_http):
+        assert receiver.tls is not None
+        assert collector_files[str(receiver.tls.cert_file)] == "collector-tls/tls.crt"
+        assert collector_files[str(receiver.tls.key_file)] == "collector-tls/tls.key"
+        assert receiver.tls.client_ca_file is None
+
+    plain = render(helm, "shop", "monitoring")
+    assert not agent_config(plain).sinks.collector.tls.enabled
+    assert (
+        parse(
+            CollectorConfig, config_text(plain, "collector"), "collector.yaml", {}
+        ).receivers.otlp_grpc.tls
+        is None
+    )
+
+
 def test_collector_disabled_turns_the_span_path_off(helm: Path) -> None:
     """Without the collector the agents receive no spans and offer no span Service, unless
     agent.config names collectors of the user's own."""

@@ -120,7 +120,11 @@ the user's keys win, at any depth); what neither sets takes observer's own defau
 {{- $_ := set $sinks "elasticsearch" nil }}
 {{- end }}
 {{- if .Values.collector.enabled }}
-{{- $_ := set $sinks "collector" (dict "endpoint" (printf "%s-collector-headless.%s.svc:4317" $fullname .Release.Namespace)) }}
+{{- $collector := dict "endpoint" (printf "%s-collector-headless.%s.svc:4317" $fullname .Release.Namespace) }}
+{{- if .Values.collector.tls.secretName }}
+{{- $_ := set $collector "tls" (dict "enabled" true "ca_file" (printf "%s/collector-ca/ca.crt" (include "observer.secretsDir" .))) }}
+{{- end }}
+{{- $_ := set $sinks "collector" $collector }}
 {{- end }}
 {{- $spans := false }}
 {{- if and .Values.agent.spans.enabled $collectors }}
@@ -140,6 +144,11 @@ the user's keys win, at any depth); what neither sets takes observer's own defau
 {{- $defaults := dict }}
 {{- if .Values.collector.elasticsearch.enabled }}
 {{- $_ := set $defaults "storage" (dict "elasticsearch" (include "observer.elasticsearch.config" . | fromYaml)) }}
+{{- end }}
+{{- if .Values.collector.tls.secretName }}
+{{- $dir := printf "%s/collector-tls" (include "observer.secretsDir" .) }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) }}
+{{- $_ := set $defaults "receivers" (dict "otlp_grpc" (dict "tls" $tls) "otlp_http" (dict "tls" (deepCopy $tls))) }}
 {{- end }}
 {{- toYaml (mustMergeOverwrite $defaults (deepCopy (default (dict) .Values.collector.config))) }}
 {{- end }}
