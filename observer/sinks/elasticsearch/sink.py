@@ -11,10 +11,10 @@ How each promise is kept:
   outcome that land in another backing index than the one written before are counted as
   possible duplicates.
 - **Per-item outcomes.** Items refused with 429 or 5xx are re-sent alone, with jittered
-  exponential backoff. A whole request that fails (429, 5xx, connection, timeout) is
-  re-sent whole; 413 splits it. Items refused for good (mapping conflicts and other 4xx)
-  go to the dead-letter data stream with the reason, or to a local file if that refuses
-  them too; then they are settled, so the checkpoint moves on.
+  exponential backoff. A whole request that fails (429, 5xx, 401, 403, connection,
+  timeout) is re-sent whole; 413 splits it. Items refused for good (mapping conflicts
+  and other 4xx) go to the dead-letter data stream with the reason, or to a local file if
+  that refuses them too; then they are settled, so the checkpoint moves on.
 - **Backpressure.** Documents held (buffered and in flight) are bounded in bytes; when
   the bound is reached `submit` waits, the agent's queue fills, and reading stops. The
   log files are the buffer.
@@ -509,7 +509,7 @@ class ElasticsearchSink:
             raise _RequestFailedError(str(error)[:500], status, _retry_after(error)) from error
         except (TransportConnectionError, ConnectionTimeout) as error:
             outcome = "retryable"
-            raise _RequestFailedError(str(error)[:500], None) from error
+            raise _RequestFailedError(_cause(error), None) from error
         finally:
             self.metrics.requests.labels(outcome).observe(time.monotonic() - started)
 
@@ -603,16 +603,29 @@ class ElasticsearchSink:
         while True:
             try:
                 await install(self.client, self.settings)
-            except (ApiError, TransportConnectionError, ConnectionTimeout) as error:
+            except ApiError as error:
+                if error.status_code in (401, 403):
+                    log.error(
+                        "Elasticsearch refused to install the index templates; documents wait. "
+                        "Check the credentials and their privileges (manage_index_templates, "
+                        "manage_ilm), or turn setup off for a cluster managed elsewhere.",
+                        extra={"status": error.status_code, "error": str(error)[:500]},
+                    )
+                else:
+                    log.warning(
+                        "Could not install the index templates yet; documents wait until it works.",
+                        extra={"status": error.status_code, "error": str(error)[:500]},
+                    )
+            except (TransportConnectionError, ConnectionTimeout) as error:
                 log.warning(
                     "Could not install the index templates yet; documents wait until it works.",
-                    extra={"error": str(error)[:500]},
+                    extra={"error": _cause(error)},
                 )
-                await asyncio.sleep(self._backoff(attempt, None))
-                attempt += 1
-                continue
-            self._prepared.set()
-            return
+            else:
+                self._prepared.set()
+                return
+            await asyncio.sleep(self._backoff(attempt, None))
+            attempt += 1
 
     def _unavailable(self, error: _RequestFailedError) -> None:
         now = time.monotonic()
@@ -654,6 +667,13 @@ class ElasticsearchSink:
         if retry_after is not None:
             delay = max(delay, min(retry_after, retry.max_backoff))
         return delay
+
+
+def _cause(error: TransportConnectionError | ConnectionTimeout) -> str:
+    """What went wrong on the connection: the transport's `str()` is only "TLS error" or
+    "Connection error" when it does not retry itself; its message has the cause (e.g.
+    CERTIFICATE_VERIFY_FAILED)."""
+    return f"{type(error).__name__}: {error.message}"[:500]
 
 
 def _retry_after(error: ApiError) -> float | None:

@@ -6,12 +6,15 @@ import org.elasticsearch.env.Environment;
 import org.elasticsearch.node.ClasspathNode;
 import org.elasticsearch.node.InternalSettingsPreparer;
 import org.elasticsearch.node.Node;
+import org.elasticsearch.plugins.Plugin;
 import org.elasticsearch.transport.netty4.Netty4Plugin;
 import org.elasticsearch.xpack.core.XPackPlugin;
+import org.elasticsearch.xpack.core.XPackSettings;
 
 import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
@@ -22,6 +25,9 @@ import java.util.concurrent.TimeUnit;
  * Usage: EsNode --port 9200 --home DIR [-E key=value ...]
  * Prints "READY http://127.0.0.1:PORT" on stdout once the node serves requests; logs go to stderr.
  * Stops cleanly on SIGTERM/SIGINT.
+ * Without security (xpack.security.enabled=false, the default here). With -E xpack.security.enabled=true it loads
+ * the security plugin, whose jars must then be on the classpath (build.sh's jars-security), and takes its settings
+ * (TLS, realms, license) from -E; tests/services/elasticsearch.py's start_secure shows a complete set.
  */
 public class EsNode {
     public static void main(String[] args) throws Exception {
@@ -61,6 +67,9 @@ public class EsNode {
                 "rootLogger.level = info",
                 "rootLogger.appenderRef.console.ref = console", ""));
         }
+        Settings given = extra.build();
+        // Security is on by default in Elasticsearch 8, off here unless -E xpack.security.enabled=true
+        boolean secure = given.getAsBoolean(XPackSettings.SECURITY_ENABLED.getKey(), false);
         Settings settings = Settings.builder()
             .put("cluster.name", "observer-test")
             .put("node.name", "node-1")
@@ -71,13 +80,14 @@ public class EsNode {
             .put("http.port", port)
             .put("transport.port", 0) // transport is unused by clients; any free loopback port
             .put("discovery.type", "single-node")
-            .put("http.type", "netty4")
-            .put("transport.type", "netty4")
+            // security wraps netty4 in its own transports (TLS, authentication), named security4
+            .put("http.type", secure ? "security4" : "netty4")
+            .put("transport.type", secure ? "security4" : "netty4")
             .put("xpack.security.enabled", false)
             .put("xpack.license.self_generated.type", "basic")
             // a nearly full disk on a dev machine must not make test indices read-only
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .put(extra.build())
+            .put(given)
             .build();
 
         // The real launcher also runs bootstrap checks, native init (which refuses root) and the security manager /
@@ -88,7 +98,13 @@ public class EsNode {
         Environment env = InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), config, () -> "node-1");
         LogConfigurator.configure(env, true);
         // Plugins that are normally loaded from modules/ bundles, here from the classpath.
-        Node node = new ClasspathNode(env, List.of(Netty4Plugin.class, XPackPlugin.class, RestCompatPlugin.class));
+        List<Class<? extends Plugin>> plugins = new ArrayList<>(List.of(Netty4Plugin.class, XPackPlugin.class, RestCompatPlugin.class));
+        if (secure) {
+            // By name: its jars (build.sh's jars-security) are on the classpath of a secure node only.
+            plugins.add(Class.forName("org.elasticsearch.xpack.security.SecurityWithoutSaml").asSubclass(Plugin.class));
+            plugins.add(SecurityIndexAnalysisPlugin.class);
+        }
+        Node node = new ClasspathNode(env, plugins);
 
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -104,7 +120,8 @@ public class EsNode {
             stopped.countDown();
         }, "es-shutdown"));
         node.start();
-        stdout.println("READY http://127.0.0.1:" + port);
+        boolean https = secure && settings.getAsBoolean("xpack.security.http.ssl.enabled", false);
+        stdout.println("READY " + (https ? "https" : "http") + "://127.0.0.1:" + port);
         stdout.flush();
         stopped.await(); // all Elasticsearch threads are daemons: keep the JVM alive until a signal
     }

@@ -6,6 +6,7 @@ import org.elasticsearch.common.settings.Settings;
 import org.elasticsearch.env.Environment;
 import org.elasticsearch.plugins.spi.SPIClassIterator;
 
+import java.lang.reflect.Constructor;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.LinkedHashMap;
@@ -54,13 +55,32 @@ public class ClasspathPluginsService extends PluginsService {
         for (LoadedPlugin lp : classpathPlugins) {
             for (Class<? extends T> c : spiClasses) {
                 if (created.containsKey(c)) continue;
-                try {
-                    created.put(c, createExtension(c, service, lp.instance()));
-                } catch (IllegalStateException wrongPluginForConstructor) {
-                    // the constructor wants a different plugin type; another plugin will match
-                }
+                T extension = createExtension(c, lp.instance());
+                if (extension != null) created.put(c, extension);
             }
         }
         return List.copyOf(created.values());
+    }
+
+    /**
+     * PluginsService.createExtension's rule (the plugin constructor if there is one, else the no-argument one),
+     * except that the plugin may be a subclass of the constructor's parameter type (SecurityWithoutSaml
+     * for extensions that take Security). Null when the constructor wants another plugin: another plugin will match.
+     */
+    private static <T> T createExtension(Class<? extends T> c, Plugin plugin) {
+        Constructor<?> withPlugin = null;
+        Constructor<?> withoutArguments = null;
+        for (Constructor<?> constructor : c.getConstructors()) {
+            if (constructor.getParameterCount() == 1) withPlugin = constructor;
+            if (constructor.getParameterCount() == 0) withoutArguments = constructor;
+        }
+        try {
+            if (withPlugin != null) {
+                return withPlugin.getParameterTypes()[0].isInstance(plugin) ? c.cast(withPlugin.newInstance(plugin)) : null;
+            }
+            return withoutArguments == null ? null : c.cast(withoutArguments.newInstance());
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("failed to create extension [" + c.getName() + "]", e);
+        }
     }
 }
