@@ -20,8 +20,9 @@ from observer.config import AgentConfig, parse
 from observer.kube.client import KubeApi
 from observer.testing import PodLogTree
 from tests.deploy.helm_support import POD_ENV, Manifest, call, config_text, one, render, sets
+from tests.integration.polling import until
 from tests.integration.test_kube_events import kubelet_event
-from tests.integration.test_pod_metadata import create, deployment_pod, following, pod_body, until
+from tests.integration.test_pod_metadata import create, deployment_pod, following, pod_body
 from tests.services.kubernetes import KubeCluster
 
 # (API group, resource, verb) the agent uses: observer/kube/metadata.py (pods of its node,

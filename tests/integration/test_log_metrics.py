@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from observer.config import AgentConfig
 from observer.kube.client import KubeApi
 from observer.testing import PodLogTree
-from tests.integration.test_pod_metadata import agent_config, deployment_pod, following, until
+from tests.integration.polling import until
+from tests.integration.test_pod_metadata import agent_config, deployment_pod, following
 from tests.services.elasticsearch import Node
 from tests.services.kubernetes import KubeCluster
 from tests.services.network import TcpRelay

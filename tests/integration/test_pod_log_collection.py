@@ -6,7 +6,7 @@ import asyncio
 import collections
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -14,6 +14,7 @@ import orjson
 from observer.agent import app
 from observer.config import AgentConfig
 from observer.testing import PodLogTree
+from tests.integration.polling import until
 
 Documents = list[dict]
 
@@ -54,12 +55,6 @@ async def following(tmp_path: Path, **pod_logs: object) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(agent, 10)
-
-
-async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 async def test_second_run_resumes_from_the_checkpoint(tmp_path: Path, tree: PodLogTree) -> None:
@@ -103,7 +98,7 @@ async def test_rotation_while_following_loses_and_repeats_nothing(
             web.rotate()
         web.write(["last"])
         written.append("last")
-        await until(lambda: len(delivered(tmp_path)) >= len(written))
+        await until(lambda: len(delivered(tmp_path)) >= len(written), within=20)
 
     assert messages(delivered(tmp_path)) == written
 
@@ -179,11 +174,13 @@ async def test_deleted_file_is_drained_then_its_descriptor_closed(
         )
 
     async with following(tmp_path):
-        await until(lambda: len(delivered(tmp_path)) == 1)
+        await until(lambda: len(delivered(tmp_path)) == 1, within=20)
         web.write([f"line {i}" for i in range(20000)])
         web.close()
         path.unlink()
-        await until(lambda: len(delivered(tmp_path)) == 20001 and not holds_deleted_file())
+        await until(
+            lambda: len(delivered(tmp_path)) == 20001 and not holds_deleted_file(), within=20
+        )
 
     assert messages(delivered(tmp_path)) == ["first"] + [f"line {i}" for i in range(20000)]
 

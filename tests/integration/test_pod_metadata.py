@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from observer.config import AgentConfig
 from observer.kube.client import KubeApi
 from observer.kube.metadata import PodMetadataCache
 from observer.testing import PodLogTree
+from tests.integration.polling import until
 from tests.services.kubernetes import KubeCluster
 from tests.services.process import free_port
 
@@ -46,12 +47,6 @@ def delivered(tmp_path: Path) -> Documents:
 
 def by_message(documents: Documents) -> dict[str, dict[str, Any]]:
     return {document["message"]: document for document in documents}
-
-
-async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

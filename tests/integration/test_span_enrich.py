@@ -26,6 +26,7 @@ from observer.config import AgentConfig
 from observer.kube.client import KubeApi
 from observer.receivers import IntakeCounts
 from observer.receivers.otlp_grpc import OtlpGrpcReceiver
+from tests.integration.polling import until
 from tests.integration.span_support import Recorder, assert_same_span, attributes, sdk_spans
 from tests.integration.test_pod_metadata import deployment_pod, set_running
 from tests.services.kubernetes import KubeCluster
@@ -87,12 +88,6 @@ async def running(config: AgentConfig, registry: CollectorRegistry) -> AsyncIter
         await asyncio.wait_for(agent, 30)
 
 
-async def until(condition: Any, within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 async def test_sdk_spans_arrive_unchanged_with_the_senders_pod_identity(
     tmp_path: Path,
     api: KubeApi,
@@ -116,7 +111,8 @@ async def test_sdk_spans_arrive_unchanged_with_the_senders_pod_identity(
         await until(
             lambda: registry.get_sample_value(
                 "observer_kubernetes_cache_objects", {"resource": "owners"}
-            )
+            ),
+            within=20,
         )
         grpc_exporter = GrpcSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True)
         http_exporter = HttpSpanExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/traces")
@@ -171,7 +167,8 @@ async def test_forwarded_spans_take_the_pod_named_by_their_k8s_pod_uid(
         await until(
             lambda: registry.get_sample_value(
                 "observer_kubernetes_cache_objects", {"resource": "owners"}
-            )
+            ),
+            within=20,
         )
         from tests.integration.test_span_receivers import grpc_call
 

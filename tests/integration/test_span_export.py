@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,6 +19,7 @@ from observer.agent.spans.resolver import EndpointResolver
 from observer.config import CollectorSinkConfig
 from observer.receivers import Admission, IntakeCounts
 from observer.receivers.otlp_grpc import OtlpGrpcReceiver
+from tests.integration.polling import until
 from tests.integration.span_support import Recorder
 from tests.services.process import free_port
 
@@ -85,12 +85,6 @@ def batch(spans: int) -> list[ResourceSpans]:
     for _ in range(spans):
         scope.spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name="op")
     return [resource]
-
-
-async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_retryable_refusal_is_retried_until_accepted() -> None:

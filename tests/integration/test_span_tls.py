@@ -29,6 +29,7 @@ from observer.receivers import IntakeCounts
 from observer.receivers.http import HttpSpanReceiver
 from observer.receivers.otlp_grpc import OtlpGrpcReceiver
 from observer.tls import TlsFileError
+from tests.integration.polling import until
 from tests.integration.span_support import Recorder, assert_same_span, sdk_spans
 from tests.services.tls import Authority, Certificate, new_authority
 
@@ -116,12 +117,6 @@ async def exporter_for(settings: CollectorSinkConfig) -> AsyncIterator[Collector
     finally:
         resolving.cancel()
         await exporter.drain(0)
-
-
-async def until(condition: Any, within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_sdk_clients_send_over_tls_to_both_receivers(

@@ -316,34 +316,34 @@ class CollectorExporter:
     def _retrying(self, replica: _Replica, detail: str) -> None:
         """Say soon why a replica does not take spans (an unreachable address, a refused
         certificate): retries may last `retry.max_elapsed` before anything is dropped."""
-        key = f"retrying {replica.endpoint}"
-        now = self.clock()
-        last = self._logged_at.get(key)
-        if last is not None and now - last < DROP_LOG_INTERVAL:
-            return
-        self._logged_at[key] = now
-        log.warning(
-            "Export to a collector replica failed; retrying.",
-            extra={"replica": replica.endpoint, "detail": detail},
-        )
+        if self._time_to_log(f"retrying {replica.endpoint}"):
+            log.warning(
+                "Export to a collector replica failed; retrying.",
+                extra={"replica": replica.endpoint, "detail": detail},
+            )
 
     def _drop(self, reason: str, spans: int, detail: str) -> None:
         """Count spans not delivered, and log it at most every DROP_LOG_INTERVAL per reason."""
         self.counts.dropped[reason] += spans
         self._drops_unlogged[reason] += spans
+        if self._time_to_log(reason):
+            log.warning(
+                "Spans were dropped on their way to the collectors.",
+                extra={
+                    "reason": reason,
+                    "detail": detail,
+                    "spans_since_last_log": self._drops_unlogged.pop(reason),
+                },
+            )
+
+    def _time_to_log(self, key: str) -> bool:
+        """True at most once per DROP_LOG_INTERVAL for each key."""
         now = self.clock()
-        last = self._logged_at.get(reason)
+        last = self._logged_at.get(key)
         if last is not None and now - last < DROP_LOG_INTERVAL:
-            return
-        self._logged_at[reason] = now
-        log.warning(
-            "Spans were dropped on their way to the collectors.",
-            extra={
-                "reason": reason,
-                "detail": detail,
-                "spans_since_last_log": self._drops_unlogged.pop(reason),
-            },
-        )
+            return False
+        self._logged_at[key] = now
+        return True
 
 
 def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
