@@ -22,6 +22,7 @@ from observer.agent.checkpoint import STATE_FILE
 from observer.config import AgentConfig
 from observer.sinks.elasticsearch import connect
 from observer.testing import PodLogTree
+from tests.integration.polling import until
 from tests.integration.test_elasticsearch_resilience import count
 from tests.integration.test_elasticsearch_sink import LOGS, agent_config, stored
 from tests.services import elasticsearch
@@ -244,3 +245,77 @@ async def test_a_closed_https_port_first_in_the_hosts_fails_over_to_the_node(
     )
     await run_once(config)
     assert_delivered_once(secure, tmp_path, web.path)
+
+
+async def test_documents_refused_403_wait_for_the_privilege_and_are_not_dead_lettered(
+    tmp_path: Path, secure: SecureNode, tree: PodLogTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key that may not write to one namespace's data stream: the other's lines are stored,
+    the refused ones are held (an error names the stream), not dead-lettered; once the key is
+    given the privilege, the running agent stores them, each once."""
+    shop = tree.container("shop", "web-1", "app")
+    shop.write(LINES)
+    payments = tree.container("payments", "pay-1", "app")
+    payments.write(LINES)
+    shop_only = {
+        **elasticsearch.AGENT_PRIVILEGES,
+        "indices": [
+            {
+                "names": [f"{STREAM}-shop", "logs-observer.dead_letter-*"],
+                "privileges": ["create_doc", "auto_configure"],
+            }
+        ],
+    }
+    key = secure.create_api_key("shop-only", shop_only)
+    config = agent_config(
+        tmp_path,
+        secure,
+        api_key=key.encoded,
+        tls={"ca_file": secure.ca_file},
+        data_stream={"namespace_from": "kubernetes.namespace"},
+        retry={"initial_backoff": "50ms", "max_backoff": "500ms"},
+    )
+
+    def refused_for_payments() -> bool:
+        return any(
+            record.levelno == logging.ERROR
+            and getattr(record, "data_stream", None) == f"{STREAM}-payments"
+            and getattr(record, "status", None) == 403
+            for record in caplog.records
+        )
+
+    agent = asyncio.create_task(app.run(config, once=True))
+    try:
+        try:
+            await until(lambda: refused_for_payments() and documents(secure, "shop") == 300, 30)
+        except TimeoutError:
+            pytest.fail(f"no error named the refused data stream; the agent logged:\n{caplog.text}")
+        await asyncio.sleep(1)  # several retries refused meanwhile
+        assert documents(secure, "payments") == 0
+        assert not agent.done()
+        secure.update_api_key(key, elasticsearch.AGENT_PRIVILEGES)
+        await asyncio.wait_for(asyncio.shield(agent), 30)
+    finally:
+        agent.cancel()
+        await asyncio.wait({agent})
+
+    for namespace in ("shop", "payments"):
+        hits = stored(secure, f"{STREAM}-{namespace}")
+        assert sorted(hit["_source"]["message"] for hit in hits) == sorted(LINES)
+        assert len({hit["_id"] for hit in hits}) == len(LINES)
+    assert documents(secure, "observer.dead_letter-default", dataset="logs") == 0
+    assert not (tmp_path / "state" / "dead-letter.jsonl").exists()
+    assert sorted(checkpoints(tmp_path)) == sorted([shop.path.stat().st_size] * 2)
+
+
+STREAM = "logs-kubernetes.container"
+
+
+def documents(node: SecureNode, namespace: str, dataset: str = STREAM) -> int:
+    """How many documents `dataset-namespace` holds (0 when it does not exist)."""
+    index = f"{dataset}-{namespace}"
+    try:
+        node.request("POST", f"/{index}/_refresh")
+        return int(node.request("GET", f"/{index}/_count")["count"])
+    except OSError:
+        return 0

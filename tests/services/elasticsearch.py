@@ -156,15 +156,22 @@ class SecureNode(Node):
     def ca_file(self) -> Path:
         return self.authority.ca_file
 
-    def create_api_key(self, name: str) -> ApiKey:
-        """An API key with the agent's privileges, made by the superuser."""
+    def create_api_key(self, name: str, privileges: dict[str, Any] = AGENT_PRIVILEGES) -> ApiKey:
+        """An API key with the agent's privileges (or `privileges`), made by the superuser."""
         created = self.request(
             "POST",
             "/_security/api_key",
-            {"name": name, "role_descriptors": {AGENT_ROLE: AGENT_PRIVILEGES}},
+            {"name": name, "role_descriptors": {AGENT_ROLE: privileges}},
         )
         self._api_keys.append(created["id"])
         return ApiKey(created["id"], created["encoded"])
+
+    def update_api_key(self, key: ApiKey, privileges: dict[str, Any]) -> None:
+        """Change what a key may do; requests it authenticates next get the new privileges."""
+        updated = self.request(
+            "PUT", f"/_security/api_key/{key.id}", {"role_descriptors": {AGENT_ROLE: privileges}}
+        )
+        assert updated["updated"], updated
 
     def invalidate_api_key(self, key: ApiKey) -> None:
         invalidated = self.request("DELETE", "/_security/api_key", {"ids": [key.id]})

@@ -11,10 +11,13 @@ How each promise is kept:
   outcome that land in another backing index than the one written before are counted as
   possible duplicates.
 - **Per-item outcomes.** Items refused with 429 or 5xx are re-sent alone, with jittered
-  exponential backoff. A whole request that fails (429, 5xx, 401, 403, connection,
-  timeout) is re-sent whole; 413 splits it. Items refused for good (mapping conflicts
-  and other 4xx) go to the dead-letter data stream with the reason, or to a local file if
-  that refuses them too; then they are settled, so the checkpoint moves on.
+  exponential backoff. So are items refused 401 or 403 (no privilege on their data
+  stream): that is the cluster's configuration, not the document's fault, so they wait
+  for it to be fixed, logged as an error, rather than being dead-lettered (as Logstash
+  does). A whole request that fails (429, 5xx, 401, 403, connection, timeout) is re-sent
+  whole; 413 splits it. Items refused for good (mapping conflicts and other 4xx) go to
+  the dead-letter data stream with the reason, or to a local file if that refuses them
+  too; then they are settled, so the checkpoint moves on.
 - **Backpressure.** Documents held (buffered and in flight) are bounded in bytes; when
   the bound is reached `submit` waits, the agent's queue fills, and reading stops. The
   log files are the buffer.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import logging
 import os
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 
 _BULK_PARAMS = {"filter_path": "errors,items.*.status,items.*.error,items.*._index"}
 _STILL_WAITING_LOG_INTERVAL = 30.0
+_NOT_PERMITTED = (401, 403)
 
 
 def document_id(node: str, source: str, offset: int) -> str:
@@ -244,6 +249,8 @@ class ElasticsearchSink:
         self._preparing: asyncio.Task[None] | None = None
         self._unavailable_since: float | None = None
         self._last_waiting_log = 0.0
+        self._not_permitted_logged_at: dict[str, float] = {}
+        self._not_permitted_unlogged: collections.Counter[str] = collections.Counter()
         self._backing_index: dict[str, str] = {}
         self._data_stream_fields: dict[str, dict[str, str]] = {}
         stream = settings.data_stream
@@ -442,6 +449,10 @@ class ElasticsearchSink:
                 self._settled(item)
             elif status == 429 or status >= 500:
                 outcomes.labels("retried", str(status)).inc()
+                retry.append(item)
+            elif status in _NOT_PERMITTED and not dead_letters:
+                outcomes.labels("retried", str(status)).inc()
+                self._not_permitted(item.target, status, outcome.get("error") or {})
                 retry.append(item)
             else:
                 error = outcome.get("error") or {}
@@ -647,6 +658,26 @@ class ElasticsearchSink:
                 },
             )
         self.metrics.unavailable_seconds.set(now - self._unavailable_since)
+
+    def _not_permitted(self, target: str, status: int, error: dict[str, Any]) -> None:
+        """Log documents refused for privileges, at most once per interval per data stream."""
+        self._not_permitted_unlogged[target] += 1
+        now = time.monotonic()
+        last = self._not_permitted_logged_at.get(target)
+        if last is not None and now - last < _STILL_WAITING_LOG_INTERVAL:
+            return
+        self._not_permitted_logged_at[target] = now
+        log.error(
+            "Elasticsearch refused documents for lack of privileges on their data stream; "
+            "they are held and retried, not dead-lettered. Give the agent's credentials "
+            "create_doc and auto_configure on it.",
+            extra={
+                "data_stream": target,
+                "status": status,
+                "error": f"{error.get('type', 'unknown')}: {error.get('reason', '')}"[:500],
+                "documents_since_last_log": self._not_permitted_unlogged.pop(target),
+            },
+        )
 
     def _available(self) -> None:
         if self._unavailable_since is None:
