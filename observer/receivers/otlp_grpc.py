@@ -150,7 +150,7 @@ def _refuse(
     """Answer with an error status by returning, not by `context.abort()`: abort raises
     through the handler, and its frames (the request's bytes and decoded batch) were kept
     in reference cycles until a full collection, which the agent's GC tuning makes rare;
-    under steady refusals RSS grew past 1 GB (bench/results/spans-2026-11-22-slow-replicas.md)."""
+    under steady refusals RSS grew past 1 GB (bench/spans.py --slow-replicas; 170 MB since)."""
     context.set_code(code)
     context.set_details(message)
     if retry:
