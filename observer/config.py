@@ -248,8 +248,11 @@ class DataStreamConfig(Section):
 class BulkConfig(Section):
     """How documents are grouped into _bulk requests."""
 
-    max_bytes: ByteSize = Field(default=5 << 20, ge=1024)
-    """Uncompressed body size at which a request is sent."""
+    max_bytes: ByteSize = Field(default=2 << 20, ge=1024)
+    """Uncompressed body size at which a request is sent. The sink holds at most
+    max_bytes × (max_in_flight + 1) of documents, so this sizes the agent's memory: 2 MiB
+    (Fluent Bit's chunk size, about Filebeat's 1,600 events) delivered as fast as 5 MiB in
+    bench/elasticsearch.py, with 15 MB less peak RSS."""
     max_documents: int = Field(default=5000, ge=1)
     flush_interval: Seconds = 0.2
     """How long a request waits for more documents before it is sent anyway."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+from elastic_transport import AsyncTransport
 
 from observer.config import ElasticsearchSinkConfig
+from observer.sinks.elasticsearch.connection import RefusedError, request
 
 log = logging.getLogger(__name__)
 
@@ -219,31 +220,32 @@ def index_templates(
     }
 
 
-async def install(client: AsyncElasticsearch, settings: ElasticsearchSinkConfig) -> None:
+async def install(connection: AsyncTransport, settings: ElasticsearchSinkConfig) -> None:
     """Install the ILM policy and the index templates; raises what the caller should retry."""
     lifecycle = None
     if settings.setup.ilm.enabled:
-        lifecycle = await _install_ilm_policy(client, settings)
+        lifecycle = await _install_ilm_policy(connection, settings)
     for name, body in index_templates(settings, lifecycle).items():
         try:
-            existing = await client.indices.get_index_template(name=name)
+            existing = await request(connection, "GET", f"/_index_template/{name}")
             current = existing["index_templates"][0]["index_template"]
             if current.get("_meta", {}).get("version") == TEMPLATE_VERSION:
                 continue
-        except NotFoundError:
-            pass
-        await client.indices.put_index_template(name=name, **body)
+        except RefusedError as error:
+            if error.status != 404:
+                raise
+        await request(connection, "PUT", f"/_index_template/{name}", body)
         log.info("Installed an index template.", extra={"template": name})
 
 
 async def _install_ilm_policy(
-    client: AsyncElasticsearch, settings: ElasticsearchSinkConfig
+    connection: AsyncTransport, settings: ElasticsearchSinkConfig
 ) -> str | None:
     name = settings.setup.ilm.name
     try:
-        await client.ilm.put_lifecycle(name=name, policy=ilm_policy(settings))
-    except ApiError as error:
-        if error.status_code not in (400, 404, 405, 410):
+        await request(connection, "PUT", f"/_ilm/policy/{name}", {"policy": ilm_policy(settings)})
+    except RefusedError as error:
+        if error.status not in (400, 404, 405, 410):
             raise
         # Clusters without ILM: OpenSearch, serverless, or a node without the x-pack ILM
         # module. Their data streams are kept without a lifecycle; retention is theirs.
@@ -251,7 +253,7 @@ async def _install_ilm_policy(
             "This Elasticsearch has no index lifecycle management; the data streams get "
             "no ILM policy, so retention must be managed on the cluster. Set "
             "sinks.elasticsearch.setup.ilm.enabled: false to silence this.",
-            extra={"status": error.status_code, "error": str(error.message)},
+            extra={"status": error.status, "error": str(error)},
         )
         return None
     return name

@@ -38,7 +38,7 @@ import random
 import time
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,18 +47,17 @@ from typing import Any
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
-from elasticsearch import ApiError, AsyncElasticsearch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from observer.config import ElasticsearchSinkConfig
 from observer.sinks import Document
-from observer.sinks.elasticsearch.connection import connect
+from observer.sinks.elasticsearch.connection import RefusedError, transport
 from observer.sinks.elasticsearch.setup import install
 from observer.telemetry import metric_name
 
 log = logging.getLogger(__name__)
 
-_BULK_PARAMS = {"filter_path": "errors,items.*.status,items.*.error,items.*._index"}
+_BULK_TARGET = "/_bulk?filter_path=errors,items.*.status,items.*.error,items.*._index"
 _STILL_WAITING_LOG_INTERVAL = 30.0
 _NOT_PERMITTED = (401, 403)
 
@@ -216,7 +215,6 @@ class ElasticsearchSink:
         node_name: str,
         state_dir: Path,
         registry: CollectorRegistry | None = None,
-        client: AsyncElasticsearch | None = None,
         name: str = "elasticsearch",
         id_from: str | None = None,
     ) -> None:
@@ -227,7 +225,7 @@ class ElasticsearchSink:
         self.settings = settings
         self.node_name = node_name
         self.dead_letter_file = state_dir / settings.dead_letter.file
-        self.client = client or connect(settings, compress_requests=False)
+        self.connection = transport(settings)
         self.metrics = _metrics_for(registry)
         self._id_path = tuple(id_from.split(".")) if id_from else None
         bulk = settings.bulk
@@ -300,7 +298,7 @@ class ElasticsearchSink:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.client.close()
+        await self.connection.close()
 
     # --- building requests ---------------------------------------------------------------
 
@@ -497,27 +495,28 @@ class ElasticsearchSink:
         started = time.monotonic()
         outcome = "error"
         try:
-            response = await self.client.perform_request(
-                "POST", "/_bulk", params=_BULK_PARAMS, headers=headers, body=body
+            response = await self.connection.perform_request(
+                "POST", _BULK_TARGET, headers=headers, body=body
             )
-            outcome = "ok"
-            result: dict[str, Any] = response.body
-            return result
-        except ApiError as error:
-            status = error.status_code
+            status = response.meta.status
+            if 200 <= status < 300:
+                outcome = "ok"
+                result: dict[str, Any] = response.body
+                return result
             if status == 413:
                 outcome = "too_large"
-                raise _TooLargeError from error
+                raise _TooLargeError
             outcome = "retryable"
+            error = RefusedError(status, response.body, response.meta.headers)
             if status != 429 and status < 500:
                 # 400 for a body we built, 401/403 for credentials or privileges: nothing
                 # a document did, so documents are not dead-lettered; retried until fixed.
                 log.error(
                     "Elasticsearch refused a _bulk request as a whole; retrying. Check the "
                     "credentials, privileges and version of the cluster.",
-                    extra={"status": status, "error": str(error)[:500]},
+                    extra={"status": status, "error": str(error)},
                 )
-            raise _RequestFailedError(str(error)[:500], status, _retry_after(error)) from error
+            raise _RequestFailedError(str(error), status, _retry_after(response.meta.headers))
         except (TransportConnectionError, ConnectionTimeout) as error:
             outcome = "retryable"
             raise _RequestFailedError(_cause(error), None) from error
@@ -613,19 +612,19 @@ class ElasticsearchSink:
         attempt = 0
         while True:
             try:
-                await install(self.client, self.settings)
-            except ApiError as error:
-                if error.status_code in (401, 403):
+                await install(self.connection, self.settings)
+            except RefusedError as error:
+                if error.status in (401, 403):
                     log.error(
                         "Elasticsearch refused to install the index templates; documents wait. "
                         "Check the credentials and their privileges (manage_index_templates, "
                         "manage_ilm), or turn setup off for a cluster managed elsewhere.",
-                        extra={"status": error.status_code, "error": str(error)[:500]},
+                        extra={"status": error.status, "error": str(error)},
                     )
                 else:
                     log.warning(
                         "Could not install the index templates yet; documents wait until it works.",
-                        extra={"status": error.status_code, "error": str(error)[:500]},
+                        extra={"status": error.status, "error": str(error)},
                     )
             except (TransportConnectionError, ConnectionTimeout) as error:
                 log.warning(
@@ -707,8 +706,8 @@ def _cause(error: TransportConnectionError | ConnectionTimeout) -> str:
     return f"{type(error).__name__}: {error.message}"[:500]
 
 
-def _retry_after(error: ApiError) -> float | None:
-    value: str | None = error.meta.headers.get("retry-after") if error.meta is not None else None
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value: str | None = headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
