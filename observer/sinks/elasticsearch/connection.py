@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 USER_AGENT = "observer"
 
 _RETRIES: dict[str, Any] = {
+    # The transport retries nothing: the sinks do, after their backoff, and each attempt
+    # goes to the next live host (the pool rests a node that failed or answered 429/5xx).
     "max_retries": 0,
     "retry_on_timeout": True,
-    # Only a node that cannot answer sends a request to the next host. A 429 is the
-    # cluster pacing us: the sink backs off and sends it again.
     "retry_on_status": (502, 503, 504),
 }
 
