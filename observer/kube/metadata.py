@@ -69,6 +69,7 @@ _PARENT_PATHS = {
 }
 """The owners fetched once to find theirs: a ReplicaSet's Deployment, a Job's CronJob."""
 _GRANDPARENT_KINDS = {"Deployment": "deployment", "CronJob": "cronjob"}
+_READ_VERBS = frozenset({"get", "list", "watch"})
 OWNER_RETRY_SECONDS = 30.0
 """After a failed GET of an owner, how long before it is tried again."""
 FETCHED_PODS_MAX = 10_000
@@ -554,8 +555,11 @@ class KubeMetrics(Collector):
             "Requests to the Kubernetes API server, by verb.",
             labels=["verb"],
         )
-        for verb, count in sorted(cache.api.requests_by_verb.items()):
-            requests.add_metric([verb], count)
+        # The read verbs from the start: a first direct GET (a pod whose lines came before
+        # its watch event) must not add a series, and rate() then counts it from 0.
+        counted = cache.api.requests_by_verb
+        for verb in sorted(_READ_VERBS | counted.keys()):
+            requests.add_metric([verb], counted[verb])
         yield requests
         yield CounterMetricFamily(
             metric_name("kubernetes_annotation_errors"),

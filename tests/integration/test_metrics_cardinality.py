@@ -187,6 +187,12 @@ async def test_series_stay_bounded_when_a_thousand_pods_come_and_go(
         await come_and_go(range(100, 1000))
         after_thousand = series(registry)
 
-    assert len(after_thousand) == len(after_hundred)
+    def shown(samples: list[tuple[str, dict[str, str]]]) -> set[str]:
+        return {f"{name}{sorted(labels.items())}" for name, labels in samples}
+
+    assert len(after_thousand) == len(after_hundred), (
+        f"new: {shown(after_thousand) - shown(after_hundred)}, "
+        f"gone: {shown(after_hundred) - shown(after_thousand)}"
+    )
     assert naming(after_thousand, "db-") == []
     assert seen[1000] > len(after_thousand)  # 900 workloads were on /metrics while they lived
