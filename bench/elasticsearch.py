@@ -428,6 +428,12 @@ def latency_run(
     )
     latencies = sorted(poller.latencies_s.values())
     written = state.get("writer_out", {})
+    by_second: dict[int, float] = {}
+    if poller.written_ns:
+        first_ns = min(poller.written_ns.values())
+        for seq, latency in poller.latencies_s.items():
+            second = (poller.written_ns[seq] - first_ns) // 1_000_000_000
+            by_second[second] = max(by_second.get(second, 0.0), latency)
     return {
         "tool": tool,
         "lines_written": written.get("lines"),
@@ -438,6 +444,7 @@ def latency_run(
         "p50_s": round(percentile(latencies, 50), 3) if latencies else None,
         "p99_s": round(percentile(latencies, 99), 3) if latencies else None,
         "max_s": round(latencies[-1], 3) if latencies else None,
+        "max_s_by_second_written": [round(by_second[s], 2) for s in sorted(by_second)],
         "cpu_s": round(measured.cpu_s, 2),
         "max_rss_mb": round(measured.max_rss_mb, 1),
         "documents": count(url, target),

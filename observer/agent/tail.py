@@ -252,6 +252,8 @@ class Tailer:
         self._ignored: set[tuple[int, int, int, int]] = set()
         """`_unchanged` of rotated files read to their end and closed."""
         self._compressed: set[tuple[int, int]] = set()
+        self._without_first_line: dict[tuple[int, int], tuple[Path, int]] = {}
+        """Files seen with no complete first line yet: (device, inode) → (path, size)."""
         """(device, inode) of .gz files already accounted for, so scans skip them."""
         self._first_install = not checkpoints.checkpoints
         """No state at all at start: compressed files on disk are history, not loss."""
@@ -277,6 +279,8 @@ class Tailer:
                     self._rescan = False
                     self.scan()
                     next_scan = loop.time() + self.settings.rescan_interval
+                else:
+                    self._open_files_given_a_first_line()
                 progressed = await self.read_all()
                 await self.close_finished(once)
                 if once and not progressed:
@@ -319,6 +323,7 @@ class Tailer:
     def scan(self) -> None:
         present = set()
         compressed = []
+        self._without_first_line.clear()  # each is considered again below
         for path, info in self._candidates():
             present.add(_unchanged(info))
             if path.name.endswith(".gz"):
@@ -357,8 +362,10 @@ class Tailer:
         head = os.pread(handle, FINGERPRINT_BYTES, 0)
         key = fingerprint(head, device_inode)
         if key is None:
-            os.close(handle)  # no complete first line yet; the next scan tries again
+            os.close(handle)
+            self._without_first_line[device_inode] = (path, info.st_size)
             return
+        self._without_first_line.pop(device_inode, None)
         offset, replay = self.checkpoints.resume_point(key) or (0, None)
         if offset > info.st_size:
             # Truncated while we were away (copytruncate): all of it is new.
@@ -388,6 +395,21 @@ class Tailer:
             self._enrich(tailed, self.metadata)
         self.counts.files_opened += 1
         log.debug("Tailing a log file.", extra={"path": str(path), "offset": offset})
+
+    def _open_files_given_a_first_line(self) -> None:
+        """The runtime creates a container's file when the container starts, and its first
+        line can come much later. Writes wake nothing (inotify is not asked for them), so
+        such files are looked at on every pass, not only at the next rescan: a new
+        container's first lines are often the ones that say why it failed."""
+        for device_inode, (path, size) in list(self._without_first_line.items()):
+            try:
+                info = os.stat(path, follow_symlinks=False)
+            except OSError:
+                info = None
+            if info is None or (info.st_dev, info.st_ino) != device_inode:
+                del self._without_first_line[device_inode]  # gone or replaced: scans see it
+            elif info.st_size != size:
+                self._consider(path, info)
 
     # --- reading -------------------------------------------------------------------------
 

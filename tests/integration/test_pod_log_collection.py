@@ -274,3 +274,24 @@ async def test_a_new_log_file_is_read_at_once_without_waiting_for_a_poll_or_a_re
         await until(lambda: len(delivered(tmp_path)) == 2, within=10)
 
     assert messages(delivered(tmp_path)) == ["already there", "new pod, first line"]
+
+
+async def test_a_file_created_empty_is_read_when_its_first_line_comes_not_at_the_next_rescan(
+    tmp_path: Path, tree: PodLogTree
+) -> None:
+    """The runtime creates a container's log file when the container starts, empty; its
+    first line (often the one saying why it failed) can come later. A file with no line
+    has no fingerprint yet, and a write wakes no inotify event the agent asks for: the
+    line must still arrive within a few poll intervals, not at the rescan a minute on."""
+    tree.container("shop", "web-1", "app").write(["already there"])
+    async with following(tmp_path, poll_interval="100ms", rescan_interval="60s"):
+        await until(lambda: len(delivered(tmp_path)) == 1, within=10)
+        starting = tree.container("shop", "web-2", "app")  # created empty, like the kubelet
+        await asyncio.sleep(0.5)  # the created file is seen, with nothing to fingerprint
+        starting.write(["first line, a while after the container started"])
+        await until(lambda: len(delivered(tmp_path)) == 2, within=10)
+
+    assert messages(delivered(tmp_path)) == [
+        "already there",
+        "first line, a while after the container started",
+    ]
