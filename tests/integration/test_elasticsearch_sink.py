@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 from observer.agent import app
 from observer.agent.checkpoint import STATE_FILE
 from observer.config import AgentConfig, ElasticsearchSinkConfig
-from observer.sinks.elasticsearch.setup import index_templates
+from observer.sinks.elasticsearch.setup import ilm_policy, index_templates
 from observer.testing import PodLogTree
-from tests.services.elasticsearch import Node
+from tests.services.elasticsearch import Node, check_lifecycle_policy
 from tests.services.process import free_port
 
 LOGS = "logs-kubernetes.container-default"
@@ -181,6 +181,59 @@ async def run_with_metrics(config: AgentConfig) -> dict[str, float]:
                 first = f"{sample.name}{{{labels[0]}"
                 samples[first] = samples.get(first, 0) + sample.value
     return samples
+
+
+@pytest.mark.parametrize(
+    "ilm",
+    [
+        {},
+        {
+            "rollover_max_primary_shard_size": "10GiB",
+            "rollover_max_age": "6h",
+            "delete_after": "30d",
+        },
+    ],
+)
+def test_the_ilm_policy_is_one_elasticsearch_accepts_and_rolls_over_then_deletes(
+    ilm: dict[str, str],
+) -> None:
+    """No test node can run ILM (its module is not published as a jar), so the policy the
+    agent PUTs is checked by Elasticsearch's own ILM classes: parsed as the REST layer
+    parses it, validated, and turned into the steps ILM would run."""
+    settings = ElasticsearchSinkConfig.model_validate(
+        {"hosts": ["http://127.0.0.1:9200"], "setup": {"ilm": ilm}}
+    )
+    body = {"policy": ilm_policy(settings)}
+
+    check = check_lifecycle_policy(settings.setup.ilm.name, body)
+
+    assert check.valid, check.reason
+    assert "hot/rollover/check-rollover-ready" in check.steps
+    assert "hot/rollover/attempt-rollover" in check.steps
+    assert check.steps.index("hot/rollover/attempt-rollover") < check.steps.index(
+        "delete/delete/delete"
+    )
+    rollover = body["policy"]["phases"]["hot"]["actions"]["rollover"]
+    assert rollover["max_age"] == f"{int(settings.setup.ilm.rollover_max_age)}s"
+    assert body["policy"]["phases"]["delete"]["min_age"] == (
+        f"{int(settings.setup.ilm.delete_after)}s"
+    )
+
+
+def test_the_ilm_policy_check_refuses_what_elasticsearch_would_refuse() -> None:
+    """The check above can fail: a misspelt condition and a delete in the hot phase are
+    refused with Elasticsearch's own reasons."""
+    misspelt = check_lifecycle_policy(
+        "p", {"policy": {"phases": {"hot": {"actions": {"rollover": {"max_agee": "1d"}}}}}}
+    )
+    misplaced = check_lifecycle_policy(
+        "p", {"policy": {"phases": {"hot": {"actions": {"delete": {}}}}}}
+    )
+
+    assert not misspelt.valid
+    assert "unknown field [max_agee]" in misspelt.reason
+    assert not misplaced.valid
+    assert "invalid action [delete] defined in phase [hot]" in misplaced.reason
 
 
 async def test_setup_installs_templates_once_and_survives_a_cluster_without_ilm(

@@ -19,6 +19,7 @@ import hashlib
 import json
 import secrets
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -75,6 +76,40 @@ class Node:
         for template in templates:
             if not template["index_template"].get("_meta", {}).get("managed"):
                 self.request("DELETE", f"/_index_template/{template['name']}")
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    valid: bool
+    reason: str
+    steps: list[str]
+    """``phase/action/step`` in the order ILM would run them."""
+
+
+def check_lifecycle_policy(name: str, body: dict[str, Any]) -> PolicyCheck:
+    """A ``PUT _ilm/policy/<name>`` body checked by Elasticsearch's own ILM classes
+    (observer.tools.LifecyclePolicyCheck): no test node can run ILM, whose module is not
+    published as a jar, but its parser, validation and steps are in x-pack-core."""
+    java = require_binary("Elasticsearch", "java")
+    result = subprocess.run(
+        [
+            str(java),
+            "-Xmx128m",
+            "-cp",
+            f"{ELASTICSEARCH_HOME}/jars/*:{ELASTICSEARCH_HOME}/classes",
+            "observer.tools.LifecyclePolicyCheck",
+            name,
+        ],
+        input=json.dumps(body).encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stdout.decode().splitlines()
+    if result.returncode not in (0, 1) or not lines:
+        raise RuntimeError(f"LifecyclePolicyCheck failed: {result.stderr.decode()[-2000:]}")
+    verdict, _, reason = lines[0].partition(" ")
+    return PolicyCheck(verdict == "VALID", reason, lines[1:])
 
 
 def start(workdir: Path, heap: str = "512m", settings: dict[str, str] | None = None) -> Node:

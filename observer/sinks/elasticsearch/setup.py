@@ -245,15 +245,27 @@ async def _install_ilm_policy(
     try:
         await request(connection, "PUT", f"/_ilm/policy/{name}", {"policy": ilm_policy(settings)})
     except RefusedError as error:
-        if error.status not in (400, 404, 405, 410):
-            raise
-        # Clusters without ILM: OpenSearch, serverless, or a node without the x-pack ILM
-        # module. Their data streams are kept without a lifecycle; retention is theirs.
-        log.warning(
-            "This Elasticsearch has no index lifecycle management; the data streams get "
-            "no ILM policy, so retention must be managed on the cluster. Set "
-            "sinks.elasticsearch.setup.ilm.enabled: false to silence this.",
-            extra={"status": error.status, "error": str(error)},
-        )
-        return None
+        if error.status in (404, 405, 410) or (
+            error.status == 400 and "no handler found" in str(error)
+        ):
+            # Clusters without ILM: OpenSearch, serverless, or a node without the x-pack
+            # ILM module. Their data streams are kept without a lifecycle; retention is theirs.
+            log.warning(
+                "This Elasticsearch has no index lifecycle management; the data streams get "
+                "no ILM policy, so retention must be managed on the cluster. Set "
+                "sinks.elasticsearch.setup.ilm.enabled: false to silence this.",
+                extra={"status": error.status, "error": str(error)},
+            )
+            return None
+        if error.status == 400:
+            # ILM is there and refused this policy (settings it does not accept): logs
+            # still flow, without a lifecycle, and the reason is said.
+            log.error(
+                "Elasticsearch refused the ILM policy; the data streams get none, so "
+                "nothing is rolled over or deleted until sinks.elasticsearch.setup.ilm "
+                "is corrected.",
+                extra={"policy": name, "status": error.status, "error": str(error)},
+            )
+            return None
+        raise
     return name
