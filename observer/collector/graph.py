@@ -31,7 +31,10 @@ span-metric panels work unchanged: `traces_service_graph_request_total`,
 `span_name`, `span_kind`, `status_code`, valued as Tempo values them: `SPAN_KIND_SERVER`,
 `STATUS_CODE_ERROR`). Series are bounded by `max_series` per metric; what falls beyond is
 counted in `observer_trace_metric_series_overflow_total` and logged once. A trace emitted
-again with late spans adds only what its new spans bring.
+again with late spans adds only what its new spans bring: a late span that completes a
+call whose known side was already counted (as a call to a virtual node it named) adds
+nothing to the graph; one whose known side was counted unpaired adds the call, the
+request's first count.
 """
 
 from __future__ import annotations
@@ -103,6 +106,23 @@ class Unpaired:
     server: str
     connection_type: str
     span: Span
+
+
+def _counted_as_virtual_before(call: Call, new: set[int]) -> bool:
+    """A late span paired an already-emitted span that had, alone, been counted as a call
+    to or from a virtual node (a client naming its peer, a server naming its caller): that
+    request is counted already, under the name the known side gave its peer. Counters
+    cannot be taken back; counting it again would count one request twice."""
+    if call.virtual:
+        return False
+    caller, callee = call.spans
+    if id(caller) not in new and id(callee) in new:
+        peer = peer_of(caller)
+        return bool(peer) and peer != caller.service
+    if id(callee) not in new and id(caller) in new:
+        peer = callee.attributes.get("peer.service")
+        return isinstance(peer, str) and bool(peer) and peer != callee.service
+    return False
 
 
 def find_calls(tree: SpanTree) -> tuple[list[Call], list[Unpaired]]:
@@ -310,7 +330,10 @@ class GraphMetrics(Collector):
         new_spans = trace.spans[trace.already_emitted :]
         new = {id(span) for span in new_spans} if trace.already_emitted else None
         for call in calls:
-            if new is not None and not any(id(span) in new for span in call.spans):
+            if new is not None and (
+                not any(id(span) in new for span in call.spans)
+                or _counted_as_virtual_before(call, new)
+            ):
                 continue
             key = (call.caller, call.callee, call.connection_type)
             entry = self._requests.get(key)

@@ -295,6 +295,72 @@ def test_a_late_re_emission_counts_only_what_its_new_spans_bring() -> None:
     ) == 1  # fmt: skip
 
 
+def test_a_late_server_span_for_a_client_that_named_its_peer_counts_the_request_once() -> None:
+    """The client span named its peer (peer.service) and was emitted alone, counted as a
+    call to that virtual node; the server span that comes late completes the same request,
+    which must not be counted a second time."""
+    client = span(
+        "1", service="checkout", kind=CLIENT, end_ms=300, attributes={"peer.service": "payments"}
+    )
+    server = span("2", "1", service="payments", kind=SERVER, start_ms=10, end_ms=260)
+    first = Trace(TRACE, [client])
+    again = Trace(TRACE, [client, server], late=True, already_emitted=1)
+    registry = observed(first, again)
+
+    requests = registry.get_sample_value(
+        "traces_service_graph_request_total",
+        {"client": "checkout", "server": "payments", "connection_type": "virtual_node"},
+    )
+    paired = registry.get_sample_value(
+        "traces_service_graph_request_total",
+        {"client": "checkout", "server": "payments", "connection_type": ""},
+    )
+    assert (requests, paired) == (1, None)
+
+
+def test_a_late_client_span_for_a_server_that_named_its_caller_counts_the_request_once() -> None:
+    """The mirror case: a server span naming its caller (Zipkin's remoteEndpoint) was
+    counted as a call from a virtual node; its client span arrives late."""
+    client = span("1", service="web", kind=CLIENT, end_ms=300)
+    server = span(
+        "2",
+        "1",
+        service="api",
+        kind=SERVER,
+        start_ms=10,
+        end_ms=260,
+        attributes={"peer.service": "web"},
+    )
+    first = Trace(TRACE, [server])
+    again = Trace(TRACE, [server, client], late=True, already_emitted=1)
+    registry = observed(first, again)
+
+    total = sum(
+        registry.get_sample_value(
+            "traces_service_graph_request_total",
+            {"client": "web", "server": "api", "connection_type": connection_type},
+        )
+        or 0
+        for connection_type in ("", "virtual_node")
+    )
+    assert total == 1
+
+
+def test_a_late_server_span_for_an_unpaired_client_counts_the_request_then() -> None:
+    """A client span that named no peer was counted unpaired, not as a request: when its
+    server side comes late, the request is counted, once."""
+    client = span("1", service="checkout", kind=CLIENT, end_ms=300)
+    server = span("2", "1", service="payments", kind=SERVER, start_ms=10, end_ms=260)
+    first = Trace(TRACE, [client])
+    again = Trace(TRACE, [client, server], late=True, already_emitted=1)
+    registry = observed(first, again)
+
+    labels = {"client": "checkout", "server": "payments", "connection_type": ""}
+    assert registry.get_sample_value("traces_service_graph_request_total", labels) == 1
+    unpaired = {"client": "checkout", "server": "", "connection_type": ""}
+    assert registry.get_sample_value("traces_service_graph_unpaired_spans_total", unpaired) == 1
+
+
 def test_label_sets_beyond_max_series_are_counted_as_overflow() -> None:
     """At the series bound a new edge is not exported but counted."""
     other = Trace(
