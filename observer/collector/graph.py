@@ -120,8 +120,8 @@ def _counted_as_virtual_before(call: Call, new: set[int]) -> bool:
         peer = peer_of(caller)
         return bool(peer) and peer != caller.service
     if id(callee) not in new and id(caller) in new:
-        peer = callee.attributes.get("peer.service")
-        return isinstance(peer, str) and bool(peer) and peer != callee.service
+        named = callee.attributes.get("peer.service")
+        return isinstance(named, str) and bool(named) and named != callee.service
     return False
 
 
