@@ -252,9 +252,9 @@ class Tailer:
         self._ignored: set[tuple[int, int, int, int]] = set()
         """`_unchanged` of rotated files read to their end and closed."""
         self._compressed: set[tuple[int, int]] = set()
+        """(device, inode) of .gz files already accounted for, so scans skip them."""
         self._without_first_line: dict[tuple[int, int], tuple[Path, int]] = {}
         """Files seen with no complete first line yet: (device, inode) → (path, size)."""
-        """(device, inode) of .gz files already accounted for, so scans skip them."""
         self._first_install = not checkpoints.checkpoints
         """No state at all at start: compressed files on disk are history, not loss."""
         self._once = False
