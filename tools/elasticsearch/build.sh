@@ -9,6 +9,9 @@
 #   java -Xms512m -Xmx512m -cp "$DIR/jars/*:$DIR/classes" observer.tools.EsNode --port PORT --home WORKDIR [-E key=value ...]
 # With security (-E xpack.security.enabled=true and its settings, see EsNode):
 #   java ... -cp "$DIR/jars/*:$DIR/jars-security/*:$DIR/classes" observer.tools.EsNode ...
+# Check an ILM policy body with Elasticsearch's own ILM classes (no node can run ILM: its module
+# is not published as a jar):
+#   java -cp "$DIR/jars/*:$DIR/classes" observer.tools.LifecyclePolicyCheck NAME < body.json
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
