@@ -6,8 +6,8 @@
 Measured, side by side and interleaved (observer, otelcol, observer, otelcol…), on the
 same load:
 
-- observer: the collector's trace path as `observer/collector/app.py` will wire it (it is
-  not built yet; this script's `serve` command stands in): the shared OTLP/gRPC receiver →
+- observer: the collector's trace path, stood up by this script's `serve` command as
+  `observer/collector/app.py` wires it, without the query API: the shared OTLP/gRPC receiver →
   `TracePipeline` (intake, assembly, reconstruction, service graph and RED, sampling) →
   the embedded SQLite store, /metrics served, the garbage collector tuned as `observer`
   tunes it. Sampling keeps every trace, so every span is stored.
