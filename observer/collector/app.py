@@ -2,9 +2,10 @@
 
 ```
  agents ─ OTLP/gRPC :4317 ┐                              TracePipeline (pipeline.py)
- others ─ OTLP/HTTP :4318 ┴─► consume ─ accept(batch) ─►  intake → assemble → reconstruct
-                               FULL → RESOURCE_EXHAUSTED    → graph → sample ─► TraceStore.write
-                               / 429 (the sender retries)                        │
+ others ─ OTLP/HTTP :4318 ┴─► consume ─ accept(batch) ─►  TraceCore (native/): decode →
+                               FULL → RESOURCE_EXHAUSTED    assemble → reconstruct → graph
+                               / 429 (the sender retries)   → sample → encode
+                                                                                 │ TraceStore.write
                                                                                  ▼
    Jaeger UI, Grafana ◄── query API :16686 (query.py) ◄──────────── SQLite | Elasticsearch
    Prometheus ◄────────── /metrics /healthz /readyz :9464            (pruned every retention/10)
@@ -111,7 +112,9 @@ async def run(
             "The embedded trace store cannot be opened.", extra={"path": path, "error": str(error)}
         )
         raise CollectorError(f"the embedded trace store {path} cannot be opened: {error}") from None
-    pipeline = TracePipeline(config, store.write, registry=registry)
+    pipeline = TracePipeline(
+        config, store.write, span_documents=store.span_documents, registry=registry
+    )
     intake = IntakeCounts()
     registry.register(IntakeMetrics(intake))
     stopping = False

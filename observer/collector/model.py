@@ -1,13 +1,12 @@
-"""The collector's data model: spans as the collector reasons about them, and whole traces.
+"""Traces as the query side sees them: spans, verdicts, edges, whole traces.
 
-Spans arrive as OTLP `ResourceSpans` (see `observer.protocols`) and are unpacked once, at
-intake, into `Span`. From then on a trace is a `Trace`: assembled by trace id, rebuilt
-into a tree, judged complete or partial, sampled, stored and served. Ids are lowercase hex
-strings (32 characters for trace ids, 16 for span ids), the form that logs carry in
-`trace.id` and that Jaeger's API speaks, so the three join without conversion.
+The trace path itself runs in the trace core (native/, `observer.collector._core`), which
+hands stores encoded traces, not these objects. Stores decode what they kept into a
+`Trace` for the query API (`observer.collector.jaeger`). Ids are lowercase hex strings
+(32 characters for trace ids, 16 for span ids), the form that logs carry in `trace.id`
+and that Jaeger's API speaks, so the three join without conversion.
 
-Ownership: a `Trace` belongs to the assembler until it is emitted; after that, stages
-read it and add their findings (verdict, skew marks) but never remove spans.
+Ownership: a `Trace` a store returned is the caller's.
 """
 
 from __future__ import annotations

@@ -1,23 +1,27 @@
-"""The collector's trace path, chained: intake → assemble → reconstruct → graph → sample → store.
+"""The collector's trace path: receivers → bounded queue → the trace core → a TraceStore.
 
 ```
  receivers ─ accept(batch) ─► bounded queue ─► worker task:
-   (False when full:           (spans)          unpack_resource_spans   intake.py
-    answer retryably)                           Assembler.add/expire    assemble.py
-                                                reconstruct             reconstruct.py
-                                                find_calls, edges_of,   graph.py
-                                                  GraphMetrics.observe
-                                                Sampler.sample          sample.py
-                                                await write(kept)       a TraceStore
+   (False when full:           (spans)          TraceCore.add(request bytes)    native/src
+    answer retryably)                             decode → assemble             decode.rs, assemble.rs
+                                                TraceCore.expire (when quiet)
+                                                  reconstruct → graph, RED      reconstruct.rs, graph.rs
+                                                  → sample → encode             sample.rs, encode.rs
+                                                await write(kept)               a TraceStore
 ```
+
+The trace core (`observer.collector._core`, built from `native/`) does the per-span work
+in Rust: Python handles one object per batch and per kept trace, never one per span,
+which is what lets one collector core keep up with many nodes. `native/src/core.rs` says
+how its stages chain; this module feeds it, paces it and writes what it keeps.
 
 `accept` never blocks: the queue is bounded by spans (`assembly.max_queued_spans`) and a
 batch that does not fit is refused, so the receiver answers the protocol's retryable
-"slow down" and the sender keeps the spans. The one worker task owns the assembler;
-traces are emitted when they go quiet (checked after every batch and every
-`CHECK_INTERVAL` when idle), reconstructed, counted into the service graph and RED
-metrics (every trace, sampled or not), sampled, and handed to `write`. A slow store
-makes the worker wait, the queue fill, and receivers push back.
+"slow down" and the sender keeps the spans. The one worker task owns the core; traces are
+emitted when they go quiet (checked after every batch and every `CHECK_INTERVAL` when
+idle), `WRITE_CHUNK` at a time, and every emitted trace is counted into the service graph
+and RED metrics, sampled or not. A slow store makes the worker wait, the queue fill, and
+receivers push back.
 
 Ownership: `accept` takes the batch (the caller must not touch it after True); the
 traces handed to `write` are the store's to read during the call.
@@ -39,29 +43,68 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from observer.collector.assemble import Assembler, Clock
-from observer.collector.graph import GraphMetrics, edges_of, find_calls
-from observer.collector.intake import unpack_resource_spans
-from observer.collector.model import Completeness, Trace
-from observer.collector.reconstruct import reconstruct
-from observer.collector.sample import Sampler
+from observer.collector._core import EncodedTrace, TraceCore
+from observer.collector.graph import GraphMetrics
 from observer.config import CollectorConfig
+from observer.protocols.otlp import EncodedBatch
 from observer.telemetry import metric_name
 
 log = logging.getLogger(__name__)
 
-WriteTraces = Callable[[Sequence[Trace]], Awaitable[None]]
+WriteTraces = Callable[[Sequence[EncodedTrace]], Awaitable[None]]
+Clock = Callable[[], float]
 
 # How often an idle worker looks for traces that went quiet.
 CHECK_INTERVAL = 0.25
-# Traces reconstructed and written at a time. A burst of traffic goes quiet all at once;
-# in slices, what the store builds for one write stays small (10,000 traces in one write
-# took the embedded store's process from 320 to 840 MB) and receivers are served between.
+# Traces emitted and written at a time. A burst of traffic goes quiet all at once; in
+# slices, what the store builds for one write stays small and receivers are served between.
 WRITE_CHUNK = 256
 
 
 def count_spans(batch: Sequence[ResourceSpans]) -> int:
     return sum(len(scope.spans) for resource in batch for scope in resource.scope_spans)
+
+
+def request_bytes(batch: Sequence[ResourceSpans]) -> bytes:
+    """The batch as an ExportTraceServiceRequest's bytes: each ResourceSpans as field 1."""
+    parts: list[bytes] = []
+    for resource_spans in batch:
+        body = resource_spans.SerializeToString()
+        parts.append(b"\x0a" + _varint(len(body)) + body)
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def trace_core(config: CollectorConfig, span_documents: bool) -> TraceCore:
+    """The trace core as `config` sets it up, encoding for a store that wants
+    `span_documents` (see TracePipeline)."""
+    assembly = config.assembly
+    graph = config.graph
+    sampling = config.sampling
+    threshold = sampling.latency_threshold
+    return TraceCore(
+        idle_timeout=assembly.idle_timeout,
+        max_age=assembly.max_age,
+        late_window=assembly.late_window,
+        max_live_traces=assembly.max_live_traces,
+        max_live_spans=assembly.max_live_spans,
+        max_skew_ns=int(config.reconstruction.max_clock_skew * 1e9),
+        keep_errors=sampling.keep_errors,
+        latency_threshold_ns=None if threshold is None else int(threshold * 1e9),
+        probabilistic_share=sampling.probabilistic_share,
+        request_buckets=list(graph.request_buckets),
+        latency_buckets=list(graph.latency_buckets),
+        max_series=graph.max_series,
+        span_documents=span_documents,
+    )
 
 
 class TracePipeline:
@@ -70,32 +113,15 @@ class TracePipeline:
         config: CollectorConfig,
         write: WriteTraces,
         *,
+        span_documents: bool = False,
         registry: CollectorRegistry | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        assembly = config.assembly
-        self.assembler = Assembler(
-            idle_timeout=assembly.idle_timeout,
-            max_age=assembly.max_age,
-            late_window=assembly.late_window,
-            max_live_traces=assembly.max_live_traces,
-            max_live_spans=assembly.max_live_spans,
-            clock=clock,
-        )
-        self.max_queued_spans = assembly.max_queued_spans
-        self.max_skew_ns = int(config.reconstruction.max_clock_skew * 1e9)
-        self.graph = GraphMetrics(
-            request_buckets=config.graph.request_buckets,
-            latency_buckets=config.graph.latency_buckets,
-            max_series=config.graph.max_series,
-            registry=registry,
-        )
-        sampling = config.sampling
-        self.sampler = Sampler(
-            keep_errors=sampling.keep_errors,
-            latency_threshold=sampling.latency_threshold,
-            probabilistic_share=sampling.probabilistic_share,
-        )
+        """`span_documents`: the store keeps a document per span (Elasticsearch) rather
+        than one record per trace (the embedded store); the core encodes accordingly."""
+        self.core = trace_core(config, span_documents)
+        self.max_queued_spans = config.assembly.max_queued_spans
+        self._clock = clock
         self._write = write
         self._queue: asyncio.Queue[tuple[list[ResourceSpans], int]] = asyncio.Queue()
         self.queued_spans = 0
@@ -104,6 +130,7 @@ class TracePipeline:
         self.counts = PipelineCounts()
         if registry is not None:
             registry.register(PipelineMetrics(self))
+            registry.register(GraphMetrics(self.core))
 
     # --- the receivers' side ----------------------------------------------------------
 
@@ -144,16 +171,16 @@ class TracePipeline:
             try:
                 batch, spans = await asyncio.wait_for(self._queue.get(), CHECK_INTERVAL)
             except TimeoutError:
-                await self._emit(self.assembler.expire())
+                await self.flush_due()
                 continue
             await self._process(batch, spans)
             if self._closing and self._queue.empty():
-                await self._emit(self.assembler.drain())
+                await self.drain()
                 return
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + CHECK_INTERVAL
-                await self._emit(self.assembler.expire())
+                await self.flush_due()
 
     # --- the work ---------------------------------------------------------------------
 
@@ -165,7 +192,9 @@ class TracePipeline:
 
     async def _process(self, batch: list[ResourceSpans], spans: int) -> None:
         try:
-            intake = unpack_resource_spans(batch)
+            # Receivers keep the bytes a batch was decoded from when it is unchanged.
+            request = batch.encoded if isinstance(batch, EncodedBatch) else request_bytes(batch)
+            rejected, forced = self.core.add(request, self._clock())
         except Exception:
             # A decoder bug must not stop the collector: the batch is lost, said and counted.
             log.exception("A span batch could not be unpacked; its spans are dropped.")
@@ -173,35 +202,29 @@ class TracePipeline:
             return
         finally:
             self.queued_spans -= spans
-        if intake.rejected:
-            self.counts.spans_rejected.update(intake.rejected)
-            log.warning(
-                "Spans with invalid ids were dropped.",
-                extra={"rejected": dict(intake.rejected)},
-            )
-        await self._emit(self.assembler.add(intake.spans))
+        if rejected:
+            self.counts.spans_rejected.update(dict(rejected))
+            log.warning("Spans with invalid ids were dropped.", extra={"rejected": dict(rejected)})
+        await self._store(forced)
 
     async def flush_due(self) -> None:
-        """Emit the traces that are due by the clock (what the worker does when idle)."""
-        await self._emit(self.assembler.expire())
+        """Emit and write the traces that are due by the clock (what the worker does when
+        idle), a chunk at a time."""
+        while True:
+            emitted, kept = self.core.expire(self._clock(), WRITE_CHUNK)
+            await self._store(kept)
+            if emitted < WRITE_CHUNK:
+                return
 
-    async def _emit(self, traces: list[Trace]) -> None:
-        for start in range(0, len(traces), WRITE_CHUNK):
-            await self._emit_chunk(traces[start : start + WRITE_CHUNK])
+    async def drain(self) -> None:
+        """Emit and write every live trace, due or not (what `stop` ends with)."""
+        await self._store(self.core.drain(self._clock()))
 
-    async def _emit_chunk(self, traces: list[Trace]) -> None:
-        counts = self.counts
-        for trace in traces:
-            tree = reconstruct(trace, max_skew_ns=self.max_skew_ns)
-            calls, unpaired = find_calls(tree)
-            trace.edges = edges_of(calls)
-            self.graph.observe(trace, calls, unpaired)
-            counts.traces[trace.verdict.completeness.value] += 1
-            if trace.verdict.completeness is Completeness.PARTIAL:
-                counts.partial_reasons.update(trace.verdict.reasons.keys())
-        kept = self.sampler.sample(traces)
+    async def _store(self, kept: list[EncodedTrace]) -> None:
+        self._report_bounds()
         if not kept:
             return
+        counts = self.counts
         try:
             await self._write(kept)
         except Exception:
@@ -211,14 +234,29 @@ class TracePipeline:
         else:
             counts.traces_stored += len(kept)
 
+    def _report_bounds(self) -> None:
+        report = self.core.take_bounds_report()
+        if report is not None:
+            log.warning(
+                "Trace assembly is at its memory bounds: emitted the oldest traces early and "
+                "forgot retained ones; raise assembly.max_live_traces / max_live_spans or "
+                "shorten idle_timeout if this persists.",
+                extra=report,
+            )
+        for metric in self.core.take_overflow_warnings():
+            log.warning(
+                "A trace metric reached its series bound; new label sets are counted as "
+                "overflow, not exported. Raise graph.max_series if this is expected.",
+                extra={"metric": metric},
+            )
+
 
 class PipelineCounts:
+    """What the Python side counts; the core counts assembly, verdicts and sampling."""
+
     def __init__(self) -> None:
         self.spans_refused = 0
         self.spans_rejected: Counter[str] = Counter()
-        # completeness value → traces emitted (a late re-emission counts again)
-        self.traces: Counter[str] = Counter()
-        self.partial_reasons: Counter[str] = Counter()
         self.traces_stored = 0
         self.traces_not_stored = 0
 
@@ -231,8 +269,8 @@ class PipelineMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         pipeline = self.pipeline
-        assembler = pipeline.assembler
-        assembly = assembler.counts
+        core = pipeline.core
+        assembly = core.counts()
         counts = pipeline.counts
 
         def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -249,24 +287,20 @@ class PipelineMetrics(Collector):
         yield gauge(
             "trace_queue_spans", "Spans accepted and not yet assembled.", pipeline.queued_spans
         )
-        yield gauge("traces_live", "Traces being assembled.", assembler.live_traces)
-        yield gauge("trace_spans_live", "Spans of traces being assembled.", assembler.live_spans)
+        yield gauge("traces_live", "Traces being assembled.", core.live_traces)
+        yield gauge("trace_spans_live", "Spans of traces being assembled.", core.live_spans)
         yield gauge(
-            "traces_retained",
-            "Emitted traces kept to merge late spans into.",
-            assembler.retained_traces,
+            "traces_retained", "Emitted traces kept to merge late spans into.", core.retained_traces
         )
-        yield gauge(
-            "trace_spans_retained", "Spans of emitted traces kept.", assembler.retained_spans
-        )
+        yield gauge("trace_spans_retained", "Spans of emitted traces kept.", core.retained_spans)
         yield counter(
             "trace_spans_total",
             "Spans by what became of them at intake and assembly.",
             "outcome",
             {
-                "assembled": assembly.spans_in - assembly.duplicate_spans,
-                "duplicate": assembly.duplicate_spans,
-                "refused_queue_full": pipeline.counts.spans_refused,
+                "assembled": assembly["spans_in"] - assembly["duplicate_spans"],
+                "duplicate": assembly["duplicate_spans"],
+                "refused_queue_full": counts.spans_refused,
                 **{f"rejected_{reason}": n for reason, n in counts.spans_rejected.items()},
             },
         )
@@ -274,38 +308,38 @@ class PipelineMetrics(Collector):
             metric_name("trace_late_spans_total"),
             "Spans merged into a trace that had already been emitted.",
         )
-        late_spans.add_metric([], assembly.late_spans)
+        late_spans.add_metric([], assembly["late_spans"])
         yield late_spans
         yield counter(
             "traces_emitted_total",
             "Traces emitted by assembly, by why (idle_timeout, max_age, the bounds, shutdown).",
             "reason",
-            dict(assembly.emitted),
+            dict(assembly["emitted"]),
         )
         yield counter(
             "traces_late_total",
             "Emitted traces that got late spans: emitted again, or forgotten early to respect max_live_spans.",
             "outcome",
-            {"reemitted": assembly.reemitted, "forgotten_early": assembly.forgotten_early},
+            {"reemitted": assembly["reemitted"], "forgotten_early": assembly["forgotten_early"]},
         )
         yield counter(
             "traces_completed_total",
             "Emitted traces by their completeness verdict.",
             "completeness",
-            {c.value: counts.traces.get(c.value, 0) for c in Completeness},
+            {"complete": assembly["complete"], "partial": assembly["partial"]},
         )
         yield counter(
             "traces_partial_reasons_total",
             "Partial traces by each reason found in them.",
             "reason",
-            dict(counts.partial_reasons),
+            dict(assembly["partial_reasons"]),
         )
         sampled = CounterMetricFamily(
             metric_name("traces_sampled_total"),
             "Tail-sampling decisions by outcome and the policy that made them.",
             labels=["decision", "policy"],
         )
-        for (decision, policy), value in sorted(pipeline.sampler.counts.items()):
+        for (decision, policy), value in assembly["sampled"]:
             sampled.add_metric([decision, policy], value)
         yield sampled
         yield counter(

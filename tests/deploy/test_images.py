@@ -37,7 +37,8 @@ def test_image_runs_the_deployable_with_its_shipped_config(deployable: str) -> N
 
 
 def test_the_installed_package_holds_every_module(tmp_path: Path) -> None:
-    """The wheel that the images install carries every module of the source tree."""
+    """The wheel that the images install carries every module of the source tree and the
+    trace core built from native/ (cargo's build directory is CARGO_TARGET_DIR, a cache)."""
     # A copy, because a stale build/ directory in the checkout would fill in what is missing.
     source_tree = tmp_path / "source"
     source_tree.mkdir()
@@ -45,13 +46,19 @@ def test_the_installed_package_holds_every_module(tmp_path: Path) -> None:
         if (REPO / name).exists():
             shutil.copy(REPO / name, source_tree / name)
     shutil.copytree(
-        REPO / "observer", source_tree / "observer", ignore=shutil.ignore_patterns("__pycache__")
+        REPO / "observer",
+        source_tree / "observer",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so"),
+    )
+    shutil.copytree(
+        REPO / "native", source_tree / "native", ignore=shutil.ignore_patterns("target")
     )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path, source_tree],
         check=True,
     )
     (wheel,) = tmp_path.glob("*.whl")
-    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    shipped = set(zipfile.ZipFile(wheel).namelist())
     modules = {str(path.relative_to(REPO)) for path in (REPO / "observer").rglob("*.py")}
     assert modules - shipped == set()
+    assert "observer/collector/_core.abi3.so" in shipped

@@ -69,7 +69,7 @@ async def outcome(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Out
         # The services flushed their spans as they stopped; let the receiver's last calls
         # land, then stop the pipeline, which emits every live trace.
         deadline = time.monotonic() + 10
-        while pipeline.assembler.counts.spans_in < ORDERS * 5 and time.monotonic() < deadline:
+        while pipeline.core.counts()["spans_in"] < ORDERS * 5 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await pipeline.stop()
         await receiver.stop()

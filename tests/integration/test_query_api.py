@@ -20,6 +20,7 @@ from observer.collector.store.sqlite import SqliteTraceStore
 from tests.integration.stored_traces import (
     BASE_NS,
     MS,
+    encoded,
     make_span,
     rich_trace,
     shop_trace,
@@ -80,7 +81,7 @@ def t(key: str, kind: str, value: Any) -> dict[str, Any]:
 
 async def test_services_come_in_jaegers_envelope(api: Api) -> None:
     """/api/services lists the services, sorted, in {data, total, limit, offset, errors}."""
-    await api.store.write([shop_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1)))
     body = await api.ok("/api/services")
     assert body == {
         "data": ["checkout", "frontend", "payments"],
@@ -93,7 +94,7 @@ async def test_services_come_in_jaegers_envelope(api: Api) -> None:
 
 async def test_the_ui_operations_call_lists_names(api: Api) -> None:
     """/api/services/{service}/operations lists each operation name once."""
-    await api.store.write([shop_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1)))
     body = await api.ok("/api/services/checkout/operations")
     assert body["data"] == ["POST", "POST /orders", "SELECT orders"]
     assert body["total"] == 3
@@ -101,7 +102,7 @@ async def test_the_ui_operations_call_lists_names(api: Api) -> None:
 
 async def test_operations_come_with_span_kinds_and_filter_by_kind(api: Api) -> None:
     """/api/operations gives {name, spanKind} and honours spanKind."""
-    await api.store.write([shop_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1)))
     every = await api.ok("/api/operations", service="checkout")
     servers = await api.ok("/api/operations", service="checkout", spanKind="server")
     assert every["data"] == [
@@ -114,7 +115,7 @@ async def test_operations_come_with_span_kinds_and_filter_by_kind(api: Api) -> N
 
 async def test_a_trace_by_id_has_jaegers_shape_with_observers_marks(api: Api) -> None:
     """/api/traces/{id}: processes p1…, references, typed tags, logs, µs times, verdict and skew marks."""
-    await api.store.write([rich_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, rich_trace(1)))
     body = await api.ok(f"/api/traces/{trace_id(1)}")
     start = BASE_NS // US
     assert body == {
@@ -144,7 +145,7 @@ async def test_a_trace_by_id_has_jaegers_shape_with_observers_marks(api: Api) ->
                             t("sizes", "string", "[1,2]"),
                             t("span.kind", "string", "server"),
                             t("observer.trace.completeness", "string", "partial"),
-                            t("observer.trace.partial_reasons", "string", "missing_parent"),
+                            t("observer.trace.partial_reasons", "string", "missing_parent,orphan"),
                         ],
                         "logs": [
                             {
@@ -163,8 +164,8 @@ async def test_a_trace_by_id_has_jaegers_shape_with_observers_marks(api: Api) ->
                         "references": [
                             {"refType": "CHILD_OF", "traceID": trace_id(1), "spanID": span_id(1)}
                         ],
-                        "startTime": start + 1000,
-                        "duration": 3000,
+                        "startTime": start,
+                        "duration": 12_000,
                         "tags": [
                             t("otel.status_code", "string", "ERROR"),
                             t("error", "bool", True),
@@ -181,26 +182,30 @@ async def test_a_trace_by_id_has_jaegers_shape_with_observers_marks(api: Api) ->
                         "traceID": trace_id(1),
                         "spanID": span_id(3),
                         "flags": 1,
-                        "operationName": "orphaned",
+                        "operationName": "GET",
                         "references": [
                             {"refType": "CHILD_OF", "traceID": trace_id(1), "spanID": span_id(9)}
                         ],
                         "startTime": start + 5000,
                         "duration": 10_000,
                         "tags": [
+                            t("peer.service", "string", "inventory"),
                             t("span.kind", "string", "client"),
-                            t("observer.partial_reason", "string", "missing_parent"),
+                            t("observer.partial_reason", "string", "orphan"),
                         ],
                         "logs": [],
                         "processID": "p2",
-                        "warnings": ["observer: this span makes the trace partial: missing_parent"],
+                        "warnings": ["observer: this span makes the trace partial: orphan"],
                     },
                 ],
                 "processes": {
                     "p1": {"serviceName": "gateway", "tags": [t("host.name", "string", "node-a")]},
                     "p2": {"serviceName": "items", "tags": []},
                 },
-                "warnings": ["observer: partial trace: missing_parent (1 span)"],
+                "warnings": [
+                    "observer: partial trace: missing_parent (1 span)",
+                    "observer: partial trace: orphan (1 span)",
+                ],
             }
         ],
         "total": 0,
@@ -212,7 +217,7 @@ async def test_a_trace_by_id_has_jaegers_shape_with_observers_marks(api: Api) ->
 
 async def test_a_64_bit_trace_id_finds_its_zero_padded_trace(api: Api) -> None:
     """A trace id of 16 hex digits (Zipkin's 64-bit ids) finds the trace stored left-padded."""
-    await api.store.write([shop_trace(0xABC)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(0xABC)))
     body = await api.ok(f"/api/traces/{0xABC:016x}")
     assert trace_ids(body) == [trace_id(0xABC)]
 
@@ -232,7 +237,9 @@ async def test_an_unknown_trace_is_404_in_jaegers_error_shape(api: Api) -> None:
 
 async def test_search_by_service_gives_whole_traces_latest_first(api: Api) -> None:
     """/api/traces?service= returns up to `limit` whole traces, the latest first."""
-    await api.store.write([shop_trace(n, start_ms=n * 1000) for n in range(1, 5)])
+    await api.store.write(
+        encoded(api.store.span_documents, *(shop_trace(n, start_ms=n * 1000) for n in range(1, 5)))
+    )
     body = await api.ok("/api/traces", service="payments", limit=3, **window())
     assert trace_ids(body) == [trace_id(4), trace_id(3), trace_id(2)]
     assert [len(trace["spans"]) for trace in body["data"]] == [6, 6, 6]
@@ -240,7 +247,11 @@ async def test_search_by_service_gives_whole_traces_latest_first(api: Api) -> No
 
 async def test_search_by_tags_as_grafana_sends_them(api: Api) -> None:
     """`tags` as a JSON object (Grafana, Jaeger's UI) and `tag=key:value` both filter by tag."""
-    await api.store.write([shop_trace(1), shop_trace(2, start_ms=10, payments_fail=False)])
+    await api.store.write(
+        encoded(
+            api.store.span_documents, shop_trace(1), shop_trace(2, start_ms=10, payments_fail=False)
+        )
+    )
     as_json = await api.ok(
         "/api/traces", service="payments", tags='{"error":"true"}', lookback="custom", **window()
     )
@@ -255,7 +266,7 @@ async def test_search_by_operation_and_duration(api: Api) -> None:
     """operation, minDuration and maxDuration (Go durations) narrow the search."""
     slow = shop_trace(2, start_ms=10)
     slow.spans[5].end_ns = slow.spans[5].start_ns + 1500 * MS
-    await api.store.write([shop_trace(1), slow])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1), slow))
     slower = await api.ok(
         "/api/traces", service="payments", operation="POST /pay", minDuration="1.2s", **window()
     )
@@ -266,14 +277,16 @@ async def test_search_by_operation_and_duration(api: Api) -> None:
 
 async def test_search_without_a_window_covers_the_two_days_before_now(api: Api) -> None:
     """With no start and end, the search looks back two days from the clock, as Jaeger does."""
-    await api.store.write([shop_trace(1), shop_trace(2, start_ms=-3 * 86400 * 1000)])
+    await api.store.write(
+        encoded(api.store.span_documents, shop_trace(1), shop_trace(2, start_ms=-3 * 86400 * 1000))
+    )
     body = await api.ok("/api/traces", service="frontend")
     assert trace_ids(body) == [trace_id(1)]
 
 
 async def test_search_by_trace_ids_names_the_missing_ones_in_errors(api: Api) -> None:
     """traceID= parameters fetch those traces; one not stored is named in errors, the rest served."""
-    await api.store.write([shop_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1)))
     async with api.http.get(
         f"{api.url}/api/traces", params=[("traceID", trace_id(1)), ("traceID", trace_id(9))]
     ) as response:
@@ -286,7 +299,12 @@ async def test_search_by_trace_ids_names_the_missing_ones_in_errors(api: Api) ->
 async def test_dependencies_give_call_and_error_counts(api: Api) -> None:
     """/api/dependencies sums the edges of traces in (endTs - lookback, endTs], with errors."""
     await api.store.write(
-        [shop_trace(1), shop_trace(2, payments_fail=False), shop_trace(3, start_ms=-7200_000)]
+        encoded(
+            api.store.span_documents,
+            shop_trace(1),
+            shop_trace(2, payments_fail=False),
+            shop_trace(3, start_ms=-7200_000),
+        )
     )
     body = await api.ok("/api/dependencies", endTs=(BASE_NS + 60_000 * MS) // MS, lookback=3600_000)
     assert body["data"] == [
@@ -298,7 +316,7 @@ async def test_dependencies_give_call_and_error_counts(api: Api) -> None:
 
 async def test_dependencies_can_be_narrowed_to_one_service(api: Api) -> None:
     """service= keeps the edges that service is a caller or callee of."""
-    await api.store.write([shop_trace(1)])
+    await api.store.write(encoded(api.store.span_documents, shop_trace(1)))
     body = await api.ok("/api/dependencies", service="frontend")
     assert [(link["parent"], link["child"]) for link in body["data"]] == [("frontend", "checkout")]
 
@@ -306,9 +324,11 @@ async def test_dependencies_can_be_narrowed_to_one_service(api: Api) -> None:
 async def test_a_shared_span_id_is_split_as_jaeger_does(api: Api) -> None:
     """Client and server halves sharing an id: the server half gets the next id, its children follow it."""
     client = make_span(1, 5, 4, "webapp", "GET", SpanKind.CLIENT)
-    server = make_span(1, 5, 4, "backend", "GET /api", SpanKind.SERVER, start_ms=1)
-    child = make_span(1, 8, 5, "backend", "query", SpanKind.INTERNAL, start_ms=2)
-    await api.store.write([Trace(trace_id(1), [client, server, child])])
+    server = make_span(1, 5, 4, "backend", "GET /api", SpanKind.SERVER, start_ms=1, duration_ms=8)
+    child = make_span(1, 8, 5, "backend", "query", SpanKind.INTERNAL, start_ms=2, duration_ms=5)
+    await api.store.write(
+        encoded(api.store.span_documents, Trace(trace_id(1), [client, server, child]))
+    )
     body = await api.ok(f"/api/traces/{trace_id(1)}")
     links = [
         (span["spanID"], [ref["spanID"] for ref in span["references"]])

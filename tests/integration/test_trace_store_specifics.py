@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from observer.collector.model import Trace
 from observer.collector.store import TraceQuery, keep_retention, open_store
 from observer.collector.store.elasticsearch import ElasticsearchTraceStore
 from observer.collector.store.elasticsearch_indices import (
@@ -22,6 +23,8 @@ from observer.config import CollectorStorage, ElasticsearchConfig
 from tests.integration.stored_traces import (
     BASE_NS,
     MS,
+    TraceEmitter,
+    encoded,
     make_span,
     rich_trace,
     shop_trace,
@@ -47,7 +50,7 @@ def elasticsearch_store(
 async def test_spans_go_to_the_data_stream_with_ids_of_trace_span_and_kind(es: Node) -> None:
     """Each span is one document of traces-observer.spans-default, its _id trace id + span id + kind."""
     store = elasticsearch_store(es)
-    await store.write([shop_trace(1)])
+    await store.write(encoded(store.span_documents, shop_trace(1)))
     await store.close()
 
     es.request("POST", f"/{SPANS_DATA_STREAM}/_refresh")
@@ -73,7 +76,7 @@ async def test_a_span_the_mapping_refuses_is_dropped_and_counted_and_the_rest_st
     trace = shop_trace(1)
     trace.spans[0].end_ns = trace.spans[0].start_ns + 3_000_000_000  # 3 s: past 2^31 ns
 
-    await store.write([trace])
+    await store.write(encoded(store.span_documents, trace))
     await store.client.indices.refresh(index=SPANS_DATA_STREAM)
     stored = await store.get_trace(trace_id(1))
     await store.close()
@@ -98,7 +101,9 @@ async def test_prune_rolls_the_write_index_over_then_deletes_it_once_all_expired
 ) -> None:
     """A write index with an expired span is rolled over, and deleted when its newest span expires."""
     store = elasticsearch_store(es)
-    await store.write([shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2)])
+    await store.write(
+        encoded(store.span_documents, shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2))
+    )
     await store.client.indices.refresh(index=SPANS_DATA_STREAM)
 
     await store.prune(BASE_NS - 5 * DAY)
@@ -119,11 +124,10 @@ async def test_a_late_span_moving_a_trace_to_the_day_before_leaves_one_summary(
 ) -> None:
     """When a late span starts a day earlier, the trace's summary moves to that day and its edges count once."""
     store = elasticsearch_store(es)
-    await store.write([shop_trace(1)])
-    late = shop_trace(1)
-    late.spans.insert(0, make_span(1, 99, None, "cron", "nightly", start_ms=-DAY / MS))
-    late.late = True
-    await store.write([late])
+    emitter = TraceEmitter(store.span_documents)
+    await store.write(emitter.emit(shop_trace(1)))
+    cron = make_span(1, 99, None, "cron", "nightly", start_ms=-DAY / MS)
+    await store.write(emitter.emit(Trace(trace_id(1), [cron])))
     await store.client.indices.refresh(index=f"{SUMMARY_INDEX_PREFIX}*")
 
     found = await store.dependencies(BASE_NS + DAY, 3 * DAY)
@@ -152,7 +156,7 @@ async def test_write_retries_while_elasticsearch_is_unreachable_and_counts_drops
         initial_backoff=0.01,
         max_backoff=0.05,
     )
-    writing = asyncio.create_task(store.write([shop_trace(1)]))
+    writing = asyncio.create_task(store.write(encoded(store.span_documents, shop_trace(1))))
     while not registry.get_sample_value(
         "observer_trace_store_write_retries_total", {"store": "elasticsearch"}
     ):
@@ -176,7 +180,9 @@ async def test_write_retries_while_elasticsearch_is_unreachable_and_counts_drops
 async def test_embedded_prune_is_exact_per_trace(tmp_path: Path) -> None:
     """The embedded store deletes exactly the traces started before the cutoff, at once."""
     store = await SqliteTraceStore.open(tmp_path / "traces.sqlite")
-    await store.write([shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2)])
+    await store.write(
+        encoded(store.span_documents, shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2))
+    )
 
     await store.prune(BASE_NS - 5 * DAY)
 
@@ -189,7 +195,7 @@ async def test_embedded_prune_is_exact_per_trace(tmp_path: Path) -> None:
 async def test_embedded_traces_survive_reopening_the_file(tmp_path: Path) -> None:
     """Traces written before the store was closed are there after it is opened again."""
     store = await SqliteTraceStore.open(tmp_path / "traces.sqlite")
-    await store.write([rich_trace(1)])
+    await store.write(encoded(store.span_documents, rich_trace(1)))
     await store.close()
 
     reopened = await SqliteTraceStore.open(tmp_path / "traces.sqlite")
@@ -202,7 +208,9 @@ async def test_retention_prunes_what_started_before_now_minus_the_retention(
 ) -> None:
     """keep_retention prunes, by the clock it is given, the traces older than the retention."""
     store = await SqliteTraceStore.open(tmp_path / "traces.sqlite")
-    await store.write([shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2)])
+    await store.write(
+        encoded(store.span_documents, shop_trace(1, start_ms=-10 * DAY / MS), shop_trace(2))
+    )
     now_s = BASE_NS / 1e9
 
     pruning = asyncio.create_task(

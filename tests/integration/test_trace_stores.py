@@ -3,7 +3,6 @@ Elasticsearch node. What each store does beyond it is in test_trace_store_specif
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from observer.config import ElasticsearchConfig
 from tests.integration.stored_traces import (
     BASE_NS,
     MS,
+    TraceEmitter,
     make_span,
     rich_trace,
     shop_trace,
@@ -76,8 +76,10 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await store.close()
 
 
-async def write(subject: Subject, *traces: Trace) -> None:
-    await subject.store.write(list(traces))
+async def write(subject: Subject, *traces: Trace, emitter: TraceEmitter | None = None) -> None:
+    """Store the traces as the trace core emits them (a fresh core unless `emitter` is given)."""
+    emitter = emitter or TraceEmitter(subject.store.span_documents)
+    await subject.store.write(emitter.emit(*traces))
     await subject.settle()
 
 
@@ -121,14 +123,16 @@ async def test_a_late_trace_adds_its_spans_and_replaces_verdict_and_edges(
     subject: Subject,
 ) -> None:
     """Written again with a late span, a trace holds old and new spans and the new verdict and edges."""
-    first = shop_trace(1)
-    first.spans = first.spans[:-1]  # the payments server span is late
-    first.verdict.add("client_without_server", first.spans[-1].span_id)
-    first.edges = [first.edges[0], dataclasses.replace(first.edges[1], virtual=True)]
-    await write(subject, first)
+    emitter = TraceEmitter(subject.store.span_documents)
     whole = shop_trace(1)
+    first = Trace(whole.trace_id, whole.spans[:-1])  # the payments server span is late
+    await write(subject, first, emitter=emitter)
+    early = await subject.store.get_trace(trace_id(1))
+    assert early is not None
+    assert early.verdict.reasons == {"client_without_server": [first.spans[-1].span_id]}
+    late = Trace(whole.trace_id, whole.spans[-1:])
+    await write(subject, late, emitter=emitter)
     whole.late = True
-    await write(subject, whole)
 
     stored = await subject.store.get_trace(trace_id(1))
 
@@ -298,21 +302,3 @@ async def test_prune_keeps_traces_that_started_after_the_cutoff(subject: Subject
         await subject.settle()
 
     assert await subject.store.get_trace(trace_id(2)) == shop_trace(2)
-
-
-async def test_a_span_that_cannot_be_encoded_is_dropped_and_counted(subject: Subject) -> None:
-    """A span with a value JSON cannot hold is dropped and counted; its trace's other spans are stored."""
-    trace = shop_trace(1)
-    trace.spans[3].attributes["rows"] = 10**30  # past 64 bits: no stage should make this
-    await write(subject, trace)
-
-    stored = await subject.store.get_trace(trace_id(1))
-
-    assert stored is not None
-    assert [span.span_id for span in stored.spans] == [
-        span.span_id for span in trace.spans if span is not trace.spans[3]
-    ]
-    assert (
-        subject.counted("observer_trace_store_dropped_total", record="span", reason="unencodable")
-        == 1
-    )

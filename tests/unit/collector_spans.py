@@ -1,4 +1,4 @@
-"""Builders for the collector's unit tests: OTLP batches, spans, and a clock tests drive."""
+"""Builders for the collector's unit tests: OTLP batches and a clock tests drive."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Status
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
-
-from observer.collector.model import Attributes, Span, SpanKind, StatusCode
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 MS = 1_000_000
@@ -24,40 +22,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def span(
-    span_id: str,
-    parent: str = "",
-    *,
-    service: str = "svc",
-    kind: SpanKind = SpanKind.INTERNAL,
-    start_ms: float = 0,
-    end_ms: float = 10,
-    trace_id: str = TRACE,
-    name: str = "op",
-    error: bool = False,
-    attributes: Attributes | None = None,
-    resource: Attributes | None = None,
-) -> Span:
-    """A collector span; ids are short hex strings padded to 16 characters."""
-    return Span(
-        trace_id=trace_id,
-        span_id=span_id.rjust(16, "0"),
-        parent_span_id=parent.rjust(16, "0") if parent else "",
-        name=name,
-        kind=kind,
-        start_ns=T0 + int(start_ms * MS),
-        end_ns=T0 + int(end_ms * MS),
-        service=service,
-        status=StatusCode.ERROR if error else StatusCode.UNSET,
-        attributes=dict(attributes or {}),
-        resource={"service.name": service, **(resource or {})},
-    )
-
-
-def sid(short: str) -> str:
-    return short.rjust(16, "0")
 
 
 def key_value(key: str, value: object) -> KeyValue:

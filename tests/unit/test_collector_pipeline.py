@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 from prometheus_client import CollectorRegistry
 
-from observer.collector.model import Completeness, Edge, Trace
+from observer.collector._core import EncodedTrace
 from observer.collector.pipeline import TracePipeline
 from observer.config import CollectorConfig, parse
 from tests.unit.collector_spans import MS, T0, FakeClock, otlp_span, resource_spans
@@ -31,9 +32,9 @@ class Written:
     """What the pipeline handed to its store."""
 
     def __init__(self) -> None:
-        self.traces: list[Trace] = []
+        self.traces: list[EncodedTrace] = []
 
-    async def __call__(self, traces: Sequence[Trace]) -> None:
+    async def __call__(self, traces: Sequence[EncodedTrace]) -> None:
         self.traces.extend(traces)
 
 
@@ -88,8 +89,9 @@ async def test_a_quiet_trace_is_reconstructed_and_written_with_its_edges_and_ver
     await pipeline.flush_due()
     (trace,) = written.traces
     assert trace.trace_id == TRACE_ID.hex()
-    assert trace.edges == [Edge("web", "app", calls=1)]
-    assert trace.verdict.completeness is Completeness.COMPLETE
+    assert trace.span_count == 2
+    assert trace.edges == [("web", "app", 1, 0, False)]
+    assert orjson.loads(trace.verdict)["completeness"] == "complete"
     assert pipeline.queued_spans == 0
 
 

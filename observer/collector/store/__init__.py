@@ -12,24 +12,29 @@ The promises:
 - **Idempotent spans.** A span is identified by trace id, span id and kind (the kind tells
   apart the client and server halves of a Zipkin shared span id). Writing a span again
   stores nothing new, so at-least-once delivery and late re-emission are safe.
-- **Late traces merge.** A trace written again (`Trace.late`) adds its new spans to the
-  stored ones; its verdict and edges replace the stored verdict and edges, because the
-  assembler emits them for the whole trace as it now knows it. Every span is written
-  again, the `already_emitted` ones too (they count as duplicates): a first write that
-  was lost is so repaired.
+- **Late traces merge.** A trace written again (late spans, or a span that came after
+  the late window and started the trace anew) adds its new spans to the stored ones;
+  its verdict and edges replace the stored verdict and edges, because the assembler
+  emits them for the whole trace as it now knows it. Every span is written again, the
+  `already_emitted` ones too (they count as duplicates): a first write that was lost is
+  so repaired.
 - **Whole traces out.** `get_trace` and `find_traces` return `Trace`s with every stored
   span, the verdict and the edges, spans ordered by start time.
 - **Search is per span**, as in Jaeger: a trace matches when one of its spans has the
   service, the operation, every tag and a duration in range, and starts in the window.
   Tags are the span's attributes, its resource's attributes, its events' attributes, and
   what Jaeger derives from the span (`SYNTHESIZED_TAGS`), all compared as text.
-- **Nothing raises for bad data.** A span the store refuses for good is counted in
+- **Nothing raises for bad data.** A record the store refuses for good is counted in
   `observer_trace_store_dropped_total{store,record,reason}` with a log line, and the rest
   is stored. While Elasticsearch is unreachable, `write` retries with backoff (the
   caller's bounded queues push back) until it succeeds or the store is closed; a write
   SQLite fails (a full disk) is dropped and counted the same way.
 - **Near real time.** What `write` stored is visible to queries within about a second
   (Elasticsearch refreshes on its own interval; SQLite at once).
+
+Traces come in as the trace core encoded them (`EncodedTrace`: a JSON array of span
+documents, or a document per span when the store says `span_documents`) and go out as
+`Trace`s of `observer.collector.model`, decoded from what was stored.
 
 Ownership: `write` reads the traces it is given and keeps nothing of them.
 """
@@ -46,11 +51,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from observer.collector._core import EncodedTrace
 from observer.collector.model import (
-    Attributes,
     AttributeValue,
     Completeness,
-    Edge,
     Span,
     SpanEvent,
     SpanKind,
@@ -104,8 +108,11 @@ class TraceStore(Protocol):
     """Where traces are kept for the query API; see the module docstring for the promises."""
 
     name: str
+    span_documents: bool
+    """How the store wants traces encoded: a document per span with its searchable tags,
+    or (False) a trace's spans as one JSON array."""
 
-    async def write(self, traces: Sequence[Trace]) -> None:
+    async def write(self, traces: Sequence[EncodedTrace]) -> None:
         """Store the traces; returns when they are durable (or refused and counted)."""
         ...
 
@@ -152,34 +159,6 @@ _KIND_CODES = {
 }
 
 
-def span_document(span: Span) -> dict[str, Any]:
-    """A span as stored: every field of `Span`, empty ones left out."""
-    document: dict[str, Any] = {
-        "trace_id": span.trace_id,
-        "span_id": span.span_id,
-        "parent_span_id": span.parent_span_id,
-        "name": span.name,
-        "kind": span.kind.value,
-        "start_ns": span.start_ns,
-        "end_ns": span.end_ns,
-        "service": span.service,
-        "status": span.status.value,
-    }
-    if span.status_message:
-        document["status_message"] = span.status_message
-    if span.attributes:
-        document["attributes"] = span.attributes
-    if span.resource:
-        document["resource"] = span.resource
-    if span.events:
-        document["events"] = [[e.time_ns, e.name, e.attributes] for e in span.events]
-    if span.links:
-        document["links"] = [[k.trace_id, k.span_id, k.attributes] for k in span.links]
-    if span.skew_adjustment_ns:
-        document["skew_adjustment_ns"] = span.skew_adjustment_ns
-    return document
-
-
 def span_from_document(document: Mapping[str, Any]) -> Span:
     return Span(
         trace_id=document["trace_id"],
@@ -200,32 +179,8 @@ def span_from_document(document: Mapping[str, Any]) -> Span:
     )
 
 
-def verdict_document(verdict: Verdict) -> dict[str, Any]:
-    return {"completeness": verdict.completeness.value, "reasons": verdict.reasons}
-
-
 def verdict_from_document(document: Mapping[str, Any]) -> Verdict:
     return Verdict(Completeness(document["completeness"]), dict(document["reasons"]))
-
-
-def edge_document(edge: Edge) -> dict[str, Any]:
-    return {
-        "caller": edge.caller,
-        "callee": edge.callee,
-        "calls": edge.calls,
-        "errors": edge.errors,
-        "virtual": edge.virtual,
-    }
-
-
-def edge_from_document(document: Mapping[str, Any]) -> Edge:
-    return Edge(
-        document["caller"],
-        document["callee"],
-        document["calls"],
-        document["errors"],
-        document["virtual"],
-    )
 
 
 # Span tags that Jaeger derives from fields OTLP does not keep as attributes (the
@@ -281,24 +236,14 @@ def _texts(attributes: Mapping[str, AttributeValue]) -> dict[str, str]:
     }
 
 
-ResourceTexts = dict[int, tuple[Attributes, dict[str, str]]]
-"""Resource attributes as text, by the id of the resource dict: intake shares one resource
-dict among the spans of a `ResourceSpans`, so a batch converts each resource once."""
-
-
-def searchable_tags(span: Span, resource_texts: ResourceTexts | None = None) -> dict[str, str]:
-    """Every tag a search can match on this span, as text.
+def searchable_tags(span: Span) -> dict[str, str]:
+    """Every tag a search can match on this span, as text (what the trace core's
+    `encode::searchable_tags` writes, for a store that checks a search on stored spans).
 
     On a key present twice, the span's own attributes win over its events' and its
     resource's, and the derived tags over all.
     """
-    if resource_texts is None:
-        tags = _texts(span.resource)
-    else:
-        cached = resource_texts.get(id(span.resource))
-        if cached is None or cached[0] is not span.resource:
-            cached = resource_texts[id(span.resource)] = (span.resource, _texts(span.resource))
-        tags = dict(cached[1])
+    tags = _texts(span.resource)
     for event in span.events:
         tags.update(_texts(event.attributes))
     tags.update(_texts(span.attributes))
@@ -311,14 +256,6 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
     """Spans once each (by identity), ordered by start time."""
     unique = {span_document_id(span): span for span in spans}
     return sorted(unique.values(), key=lambda span: (span.start_ns, span.span_id))
-
-
-def trace_bounds(trace: Trace) -> tuple[int, int]:
-    """When the trace started and ended: its earliest start and latest end."""
-    return (
-        min(span.start_ns for span in trace.spans),
-        max(span.end_ns for span in trace.spans),
-    )
 
 
 # --- telemetry ----------------------------------------------------------------------------

@@ -40,23 +40,16 @@ from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
 from prometheus_client import CollectorRegistry
 
-from observer.collector.model import SpanKind, Trace
+from observer.collector._core import EncodedTrace
+from observer.collector.model import Edge, SpanKind, Trace
 from observer.collector.store import (
     NS_PER_S,
     Dependency,
     Operation,
-    ResourceTexts,
     StoreMetrics,
     TraceQuery,
-    edge_document,
-    edge_from_document,
     merge_spans,
-    searchable_tags,
-    span_document,
-    span_document_id,
     span_from_document,
-    trace_bounds,
-    verdict_document,
     verdict_from_document,
 )
 from observer.collector.store.elasticsearch_indices import (
@@ -109,6 +102,8 @@ class _TooLargeError(Exception):
 
 class ElasticsearchTraceStore:
     name = "elasticsearch"
+    # A document per span: the core encodes each with its searchable tags.
+    span_documents = True
 
     def __init__(
         self,
@@ -132,7 +127,7 @@ class ElasticsearchTraceStore:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def write(self, traces: Sequence[Trace]) -> None:
+    async def write(self, traces: Sequence[EncodedTrace]) -> None:
         items = self._items(traces)
         if not items:
             return
@@ -148,47 +143,45 @@ class ElasticsearchTraceStore:
         await self._send_until_settled(chunk)
         self.metrics.write_seconds.labels(self.name).observe(time.monotonic() - started)
 
-    def _items(self, traces: Sequence[Trace]) -> list[_Item]:
+    def _items(self, traces: Sequence[EncodedTrace]) -> list[_Item]:
         items: list[_Item] = []
-        unencodable = 0
-        resource_texts: ResourceTexts = {}
         span_action = b'{"create":{"_index":"' + SPANS_DATA_STREAM.encode() + b'","_id":"%s"}}\n'
         for trace in traces:
-            if not trace.spans:
-                continue
-            for span in trace.spans:
-                document = span_document(span)
-                document["@timestamp"] = _timestamp(span.start_ns)
-                document["duration_ns"] = span.duration_ns
-                document["tags"] = searchable_tags(span, resource_texts)
-                try:
-                    body = orjson.dumps(document)
-                except (TypeError, orjson.JSONEncodeError):
-                    unencodable += 1
-                    continue
-                action = span_action % span_document_id(span).encode()
-                items.append(_Item(action + body + b"\n", "span"))
-            start_ns, end_ns = trace_bounds(trace)
-            index = summary_index(start_ns)
+            for document_id, body, tags, start_ns, duration_ns in trace.span_documents:
+                # The core's document, with what this store indexes beside it.
+                extra = b',"@timestamp":"%s","duration_ns":%d,"tags":' % (
+                    _timestamp(start_ns).encode(),
+                    duration_ns,
+                )
+                line = span_action % document_id.encode() + body[:-1] + extra + tags + b"}\n"
+                items.append(_Item(line, "span"))
+            index = summary_index(trace.start_ns)
             summary = {
                 "trace_id": trace.trace_id,
-                "start_ns": start_ns,
-                "end_ns": end_ns,
+                "start_ns": trace.start_ns,
+                "end_ns": trace.end_ns,
                 "late": trace.late,
-                "verdict": verdict_document(trace.verdict),
-                "edges": [edge_document(edge) for edge in trace.edges],
+                "verdict": orjson.Fragment(trace.verdict),
+                "edges": [
+                    {
+                        "caller": caller,
+                        "callee": callee,
+                        "calls": calls,
+                        "errors": errors,
+                        "virtual": virtual,
+                    }
+                    for caller, callee, calls, errors, virtual in trace.edges
+                ],
             }
             action = orjson.dumps({"index": {"_index": index, "_id": trace.trace_id}})
             items.append(_Item(action + b"\n" + orjson.dumps(summary) + b"\n", "trace"))
             if trace.late:
                 # A late span that starts before every other moves the trace to an earlier
                 # day; the summary in the day after (if any) must not count twice.
-                later = summary_index(start_ns + 86400 * NS_PER_S)
+                later = summary_index(trace.start_ns + 86400 * NS_PER_S)
                 if later != index:
                     action = orjson.dumps({"delete": {"_index": later, "_id": trace.trace_id}})
                     items.append(_Item(action + b"\n", "stale"))
-        if unencodable:
-            self.metrics.drop(unencodable, "unencodable", "a span value JSON cannot hold")
         return items
 
     async def _send_until_settled(self, items: list[_Item]) -> None:
@@ -409,7 +402,10 @@ class ElasticsearchTraceStore:
             found = latest_summary.get(trace_id)
             if found is not None:
                 trace.verdict = verdict_from_document(found["verdict"])
-                trace.edges = [edge_from_document(edge) for edge in found["edges"]]
+                trace.edges = [
+                    Edge(e["caller"], e["callee"], e["calls"], e["errors"], e["virtual"])
+                    for e in found["edges"]
+                ]
                 trace.late = found["late"]
             traces.append(trace)
         return traces

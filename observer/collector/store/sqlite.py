@@ -1,17 +1,21 @@
 """The embedded trace store: one SQLite file, no server; the default for the demo and
 small clusters.
 
-The schema follows the queries (observer/collector/store/__init__.py states the promises):
+A trace is one record, written as the trace core encoded it, so storing costs a few rows
+per trace rather than rows and index entries per span (observer/collector/store/__init__.py
+states the promises):
 
-    spans       one row per span, unique by (trace_id, span_key) so a span written twice
-                is stored once; indexed by (service, start) and (service, operation,
-                start) for search. `tags` is the span's searchable tags as a JSON object
-                of text; `body` the whole span as JSON.
-    traces      one row per trace: its time bounds and verdict, replaced when the trace
-                is written again (late spans).
-    edges       the service-graph edges of each trace, replaced with the trace; summed
-                by time window for /api/dependencies.
-    operations  each (service, operation, kind) once, for the service and operation lists.
+    traces          one row per trace: its time bounds, verdict, edges (JSON) and spans
+                    (a JSON array of span documents). A trace written again (late spans)
+                    is merged: spans already stored are kept, new ones added, verdict and
+                    edges replaced.
+    trace_services  per trace, each service that sent spans: when its first and last
+                    spans started and its longest span. Search reads these latest first
+                    and checks the conditions on the trace's spans themselves, so
+                    matching stays per span, as in Jaeger.
+    operations      each (service, operation, kind) once, with the start of the latest
+                    trace it was seen in, for the service and operation lists; retention
+                    deletes it with the last such trace.
 
 SQLite is blocking, so every call runs off the event loop: writes on one thread with its
 own connection, reads on another, in WAL mode so that reads never wait for a write.
@@ -20,6 +24,7 @@ own connection, reads on another, in WAL mode so that reads never wait for a wri
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import sqlite3
 import time
@@ -32,89 +37,70 @@ from typing import Any, TypeVar
 import orjson
 from prometheus_client import CollectorRegistry
 
-from observer.collector.model import SpanKind, Trace
+from observer.collector._core import EncodedTrace
+from observer.collector.model import Edge, Span, SpanKind, Trace
 from observer.collector.store import (
     Dependency,
     Operation,
-    ResourceTexts,
     StoreMetrics,
     TraceQuery,
-    edge_document,
-    edge_from_document,
     merge_spans,
     searchable_tags,
-    span_document,
-    span_document_id,
     span_from_document,
-    trace_bounds,
-    verdict_document,
     verdict_from_document,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # auto_vacuum must be chosen before the first table exists; INCREMENTAL lets prune give
 # freed pages back to the file system (sqlite.org/pragma.html#pragma_auto_vacuum).
 _SCHEMA = """
 PRAGMA auto_vacuum = INCREMENTAL;
 PRAGMA journal_mode = WAL;
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL,
-    span_key TEXT NOT NULL,
-    service TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    tags TEXT NOT NULL,
-    body BLOB NOT NULL,
-    UNIQUE (trace_id, span_key)
-);
-CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, start_ns);
-CREATE INDEX IF NOT EXISTS spans_by_operation ON spans (service, operation, start_ns);
 CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL UNIQUE,
     start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL,
+    span_count INTEGER NOT NULL,
     verdict BLOB NOT NULL,
-    late INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
-CREATE TABLE IF NOT EXISTS edges (
-    trace_id TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    caller TEXT NOT NULL,
-    callee TEXT NOT NULL,
-    calls INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    virtual INTEGER NOT NULL
+    late INTEGER NOT NULL,
+    edges BLOB NOT NULL,
+    spans BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS edges_by_trace ON edges (trace_id);
-CREATE INDEX IF NOT EXISTS edges_by_start ON edges (start_ns);
+CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
+CREATE TABLE IF NOT EXISTS trace_services (
+    trace INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    first_start_ns INTEGER NOT NULL,
+    last_start_ns INTEGER NOT NULL,
+    longest_ns INTEGER NOT NULL,
+    PRIMARY KEY (trace, service)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trace_services_by_start ON trace_services (service, last_start_ns);
 CREATE TABLE IF NOT EXISTS operations (
     service TEXT NOT NULL,
     operation TEXT NOT NULL,
     kind TEXT NOT NULL,
+    last_trace_start_ns INTEGER NOT NULL,
     PRIMARY KEY (service, operation, kind)
 ) WITHOUT ROWID;
 """
 
-_INSERT_SPAN = (
-    "INSERT OR IGNORE INTO spans "
-    "(trace_id, span_key, service, operation, kind, start_ns, duration_ns, tags, body) "
+_INSERT_TRACE = (
+    "INSERT INTO traces (id, trace_id, start_ns, end_ns, span_count, verdict, late, edges, spans) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_UPSERT_TRACE = (
-    "INSERT INTO traces (trace_id, start_ns, end_ns, verdict, late) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (trace_id) DO UPDATE SET start_ns = min(start_ns, excluded.start_ns), "
-    "end_ns = max(end_ns, excluded.end_ns), verdict = excluded.verdict, "
-    "late = late OR excluded.late"
+_UPDATE_TRACE = (
+    "UPDATE traces SET start_ns = ?, end_ns = ?, span_count = ?, verdict = ?, late = ?, "
+    "edges = ?, spans = ? WHERE id = ?"
 )
-_INSERT_EDGE = (
-    "INSERT INTO edges (trace_id, start_ns, caller, callee, calls, errors, virtual) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SERVICE = "INSERT INTO trace_services VALUES (?, ?, ?, ?, ?)"
+_UPSERT_OPERATION = (
+    "INSERT INTO operations VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+    "SET last_trace_start_ns = max(last_trace_start_ns, excluded.last_trace_start_ns)"
 )
 # SQLite's default limit of host parameters in one statement is 32766; stay well below.
 _IN_CHUNK = 500
@@ -127,6 +113,8 @@ class SqliteTraceStore:
     """Open with `await SqliteTraceStore.open(path)`; see the module docstring."""
 
     name = "embedded"
+    # One record per trace: the core encodes a trace's spans as one JSON array.
+    span_documents = False
 
     def __init__(
         self,
@@ -142,6 +130,8 @@ class SqliteTraceStore:
         self._read_thread = read_thread
         self.metrics = StoreMetrics(self.name, registry)
         self._closed = False
+        # The next traces.id: the writer thread alone assigns them (read at the first write).
+        self._next_id: int | None = None
 
     @classmethod
     async def open(cls, path: Path, registry: CollectorRegistry | None = None) -> SqliteTraceStore:
@@ -159,81 +149,116 @@ class SqliteTraceStore:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def write(self, traces: Sequence[Trace]) -> None:
+    async def write(self, traces: Sequence[EncodedTrace]) -> None:
         if not traces:
             return
         started = time.monotonic()
         await self._on(self._write_thread, lambda: self._write(traces))
         self.metrics.write_seconds.labels(self.name).observe(time.monotonic() - started)
 
-    def _write(self, traces: Sequence[Trace]) -> None:
-        span_rows: list[tuple[Any, ...]] = []
-        operations: set[tuple[str, str, str]] = set()
-        trace_rows: list[tuple[Any, ...]] = []
-        edge_rows: list[tuple[Any, ...]] = []
-        unencodable = 0
-        resource_texts: ResourceTexts = {}
-        for trace in traces:
-            if not trace.spans:
-                continue
-            for span in trace.spans:
-                try:
-                    body = orjson.dumps(span_document(span))
-                    tags = orjson.dumps(searchable_tags(span, resource_texts)).decode()
-                except (TypeError, orjson.JSONEncodeError):
-                    unencodable += 1
-                    continue
-                key = span_document_id(span)[len(span.trace_id) :]
-                span_rows.append(
-                    (
-                        span.trace_id,
-                        key,
-                        span.service,
-                        span.name,
-                        span.kind.value,
-                        span.start_ns,
-                        span.duration_ns,
-                        tags,
-                        body,
-                    )
-                )
-                operations.add((span.service, span.name, span.kind.value))
-            start_ns, end_ns = trace_bounds(trace)
-            verdict = orjson.dumps(verdict_document(trace.verdict))
-            trace_rows.append((trace.trace_id, start_ns, end_ns, verdict, trace.late))
-            for edge in trace.edges:
-                document = edge_document(edge)
-                edge_rows.append(
-                    (
-                        trace.trace_id,
-                        start_ns,
-                        document["caller"],
-                        document["callee"],
-                        document["calls"],
-                        document["errors"],
-                        document["virtual"],
-                    )
-                )
-        if unencodable:
-            self.metrics.drop(unencodable, "unencodable", "a span value JSON cannot hold")
+    def _write(self, traces: Sequence[EncodedTrace]) -> None:
         connection = self._writer
         try:
             with _transaction(connection):
-                stored = connection.executemany(_INSERT_SPAN, span_rows).rowcount
-                connection.executemany(
-                    "INSERT OR IGNORE INTO operations VALUES (?, ?, ?)", sorted(operations)
-                )
-                connection.executemany(_UPSERT_TRACE, trace_rows)
-                # A trace written again brings its edges for the whole trace: replace them.
-                connection.executemany(
-                    "DELETE FROM edges WHERE trace_id = ?", [(row[0],) for row in trace_rows]
-                )
-                connection.executemany(_INSERT_EDGE, edge_rows)
+                stored, duplicates = self._write_in_transaction(traces)
         except sqlite3.Error as error:
             # The disk is full or the file damaged: nothing a caller could retry into success.
-            self.metrics.drop(len(span_rows), "sqlite_error", str(error))
+            self.metrics.drop(sum(t.span_count for t in traces), "sqlite_error", str(error))
             return
-        self.metrics.stored(stored, len(span_rows) - stored)
+        self.metrics.stored(stored, duplicates)
+
+    def _write_in_transaction(self, traces: Sequence[EncodedTrace]) -> tuple[int, int]:
+        connection = self._writer
+        # Traces stored before (late spans, a replay, another replica's emission): merged.
+        stored_before: dict[str, tuple[int, bytes]] = {}
+        ids = list({trace.trace_id: None for trace in traces})
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row_id, trace_id, spans in connection.execute(
+                f"SELECT id, trace_id, spans FROM traces WHERE trace_id IN ({marks})",  # noqa: S608 - '?' marks only
+                chunk,
+            ):
+                stored_before[trace_id] = (row_id, spans)
+        if self._next_id is None:
+            (last,) = connection.execute("SELECT coalesce(max(id), 0) FROM traces").fetchone()
+            self._next_id = last + 1
+        trace_rows: list[tuple[Any, ...]] = []
+        service_rows: list[tuple[Any, ...]] = []
+        operations: dict[tuple[str, str, str], int] = {}
+        stored = duplicates = 0
+        for trace in traces:
+            earlier = stored_before.get(trace.trace_id)
+            if earlier is None:
+                row_id = self._next_id
+                self._next_id += 1
+                edges = orjson.dumps(trace.edges)
+                trace_rows.append(
+                    (
+                        row_id,
+                        trace.trace_id,
+                        trace.start_ns,
+                        trace.end_ns,
+                        trace.span_count,
+                        trace.verdict,
+                        trace.late,
+                        edges,
+                        trace.spans,
+                    )
+                )
+                service_rows += [(row_id, *summary) for summary in trace.services]
+                stored += trace.span_count
+                stored_before[trace.trace_id] = (row_id, trace.spans)
+            else:
+                row_id, spans = earlier
+                merged, added = _merged(spans, trace.spans)
+                stored += added
+                duplicates += trace.span_count - added
+                self._replace(row_id, trace, merged)
+                stored_before[trace.trace_id] = (row_id, merged)
+            for service, operation, kind in trace.operations:
+                key = (service, operation, kind)
+                operations[key] = max(operations.get(key, 0), trace.start_ns)
+        connection.executemany(_INSERT_TRACE, trace_rows)
+        connection.executemany(_INSERT_SERVICE, service_rows)
+        connection.executemany(
+            _UPSERT_OPERATION, [(*key, last) for key, last in sorted(operations.items())]
+        )
+        return stored, duplicates
+
+    def _replace(self, row_id: int, trace: EncodedTrace, spans: bytes) -> None:
+        """Rewrite a stored trace with its merged spans, this emission's verdict and edges."""
+        documents = orjson.loads(spans)
+        summaries: dict[str, list[int]] = {}
+        for document in documents:
+            start = document["start_ns"]
+            duration = document["end_ns"] - start
+            summary = summaries.get(document["service"])
+            if summary is None:
+                summaries[document["service"]] = [start, start, duration]
+            else:
+                summary[0] = min(summary[0], start)
+                summary[1] = max(summary[1], start)
+                summary[2] = max(summary[2], duration)
+        connection = self._writer
+        connection.execute(
+            _UPDATE_TRACE,
+            (
+                min(d["start_ns"] for d in documents),
+                max(d["end_ns"] for d in documents),
+                len(documents),
+                trace.verdict,
+                trace.late,
+                orjson.dumps(trace.edges),
+                spans,
+                row_id,
+            ),
+        )
+        connection.execute("DELETE FROM trace_services WHERE trace = ?", (row_id,))
+        connection.executemany(
+            _INSERT_SERVICE,
+            [(row_id, service, *summary) for service, summary in summaries.items()],
+        )
 
     async def prune(self, older_than_ns: int) -> None:
         spans = await self._on(self._write_thread, lambda: self._prune(older_than_ns))
@@ -250,29 +275,22 @@ class SqliteTraceStore:
         while True:
             # In chunks, so that the write lock is never held for long.
             with _transaction(connection):
-                ids = [
-                    row[0]
-                    for row in connection.execute(
-                        "SELECT trace_id FROM traces WHERE start_ns < ? LIMIT ?",
-                        (older_than_ns, _PRUNE_CHUNK),
-                    )
-                ]
-                if not ids:
+                rows = connection.execute(
+                    "SELECT id, span_count FROM traces WHERE start_ns < ? LIMIT ?",
+                    (older_than_ns, _PRUNE_CHUNK),
+                ).fetchall()
+                if not rows:
                     break
+                ids = [row_id for row_id, _ in rows]
+                deleted += sum(count for _, count in rows)
                 marks = ",".join("?" * len(ids))
-                deleted += connection.execute(
-                    f"DELETE FROM spans WHERE trace_id IN ({marks})",  # noqa: S608 - '?' marks only
-                    ids,
-                ).rowcount
-                connection.execute(f"DELETE FROM edges WHERE trace_id IN ({marks})", ids)  # noqa: S608
-                connection.execute(f"DELETE FROM traces WHERE trace_id IN ({marks})", ids)  # noqa: S608
+                connection.execute(f"DELETE FROM trace_services WHERE trace IN ({marks})", ids)  # noqa: S608 - '?' marks only
+                connection.execute(f"DELETE FROM traces WHERE id IN ({marks})", ids)  # noqa: S608
+        with _transaction(connection):
+            connection.execute(
+                "DELETE FROM operations WHERE last_trace_start_ns < ?", (older_than_ns,)
+            )
         if deleted:
-            with _transaction(connection):
-                connection.execute(
-                    "DELETE FROM operations WHERE NOT EXISTS (SELECT 1 FROM spans "
-                    "WHERE spans.service = operations.service "
-                    "AND spans.operation = operations.operation AND spans.kind = operations.kind)"
-                )
             connection.execute("PRAGMA incremental_vacuum")
         return deleted
 
@@ -307,99 +325,74 @@ class SqliteTraceStore:
         return await self._on(self._read_thread, lambda: self._find(query))
 
     def _find(self, query: TraceQuery) -> list[Trace]:
-        conditions = ["service = ?"]
+        # Candidates: traces where the service has spans in the window and one long enough,
+        # latest last span first. A trace's latest matching span starts no later than its
+        # service's last span, so once `limit` matches are found the scan stops at the
+        # first candidate that cannot beat the earliest of them.
+        conditions = ["s.service = ?"]
         parameters: list[object] = [query.service]
-        if query.operation is not None:
-            conditions.append("operation = ?")
-            parameters.append(query.operation)
         for clause, value in (
-            ("duration_ns >= ?", query.min_duration_ns),
-            ("duration_ns <= ?", query.max_duration_ns),
-            ("start_ns >= ?", query.start_min_ns),
-            ("start_ns <= ?", query.start_max_ns),
+            ("s.last_start_ns >= ?", query.start_min_ns),
+            ("s.first_start_ns <= ?", query.start_max_ns),
+            ("s.longest_ns >= ?", query.min_duration_ns),
         ):
             if value is not None:
                 conditions.append(clause)
                 parameters.append(value)
-        for tag_key, tag_value in query.tags.items():
-            conditions.append(
-                "EXISTS (SELECT 1 FROM json_each(spans.tags) WHERE key = ? AND value = ?)"
-            )
-            parameters += [tag_key, tag_value]
-        # Matching spans latest first, along the (service[, operation], start) index; the
-        # first `limit` distinct traces met are those with the latest matching spans, so
-        # the scan stops early instead of grouping every match of the window.
         sql = (
-            "SELECT trace_id FROM spans WHERE "  # noqa: S608 - fixed clauses, values as '?'
+            "SELECT t.trace_id, s.last_start_ns, t.spans FROM trace_services AS s "  # noqa: S608 - fixed clauses, values as '?'
+            "JOIN traces AS t ON t.id = s.trace WHERE "
             + " AND ".join(conditions)
-            + " ORDER BY start_ns DESC"
+            + " ORDER BY s.last_start_ns DESC"
         )
+        best: list[tuple[int, str]] = []  # (latest matching start, trace id), a min-heap
         with _transaction(self._reader, "DEFERRED"):
-            ids: dict[str, None] = {}
-            for (trace_id,) in self._reader.execute(sql, parameters):
-                ids[trace_id] = None
-                if len(ids) == query.limit:
+            for trace_id, last_start, spans in self._reader.execute(sql, parameters):
+                if len(best) >= query.limit and last_start < best[0][0]:
                     break
-            return self._load_in_transaction(list(ids))
+                latest = _latest_match(orjson.loads(spans), query)
+                if latest is None:
+                    continue
+                if len(best) < query.limit:
+                    heapq.heappush(best, (latest, trace_id))
+                elif latest > best[0][0]:
+                    heapq.heapreplace(best, (latest, trace_id))
+            ids = [trace_id for _, trace_id in sorted(best, reverse=True)]
+            return self._load_in_transaction(ids)
 
     def _load(self, ids: list[str]) -> list[Trace]:
-        with _transaction(self._reader, "DEFERRED"):  # one snapshot of spans, verdict, edges
+        with _transaction(self._reader, "DEFERRED"):  # one snapshot of every trace
             return self._load_in_transaction(ids)
 
     def _load_in_transaction(self, ids: list[str]) -> list[Trace]:
-        """The traces with these ids, in this order; ids with no stored span are left out."""
-        spans: dict[str, list[Any]] = {trace_id: [] for trace_id in ids}
-        summaries: dict[str, tuple[bytes, int]] = {}
-        edges: dict[str, list[Any]] = {trace_id: [] for trace_id in ids}
+        """The traces with these ids, in this order; ids not stored are left out."""
+        found: dict[str, Trace] = {}
         connection = self._reader
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for trace_id, body in connection.execute(
-                f"SELECT trace_id, body FROM spans WHERE trace_id IN ({marks})",  # noqa: S608
+            for trace_id, verdict, late, edges, spans in connection.execute(
+                f"SELECT trace_id, verdict, late, edges, spans FROM traces WHERE trace_id IN ({marks})",  # noqa: S608
                 chunk,
             ):
-                spans[trace_id].append(span_from_document(orjson.loads(body)))
-            for trace_id, verdict, late in connection.execute(
-                f"SELECT trace_id, verdict, late FROM traces WHERE trace_id IN ({marks})",  # noqa: S608
-                chunk,
-            ):
-                summaries[trace_id] = (verdict, late)
-            for trace_id, caller, callee, calls, errors, virtual in connection.execute(
-                "SELECT trace_id, caller, callee, calls, errors, virtual FROM edges "  # noqa: S608
-                f"WHERE trace_id IN ({marks}) ORDER BY rowid",
-                chunk,
-            ):
-                edges[trace_id].append(
-                    edge_from_document(
-                        {
-                            "caller": caller,
-                            "callee": callee,
-                            "calls": calls,
-                            "errors": errors,
-                            "virtual": bool(virtual),
-                        }
-                    )
+                found[trace_id] = Trace(
+                    trace_id,
+                    merge_spans(span_from_document(d) for d in orjson.loads(spans)),
+                    verdict_from_document(orjson.loads(verdict)),
+                    [Edge(*edge) for edge in orjson.loads(edges)],
+                    late=bool(late),
                 )
-        traces = []
-        for trace_id in ids:
-            if not spans[trace_id]:
-                continue
-            trace = Trace(trace_id, merge_spans(spans[trace_id]), edges=edges[trace_id])
-            if trace_id in summaries:
-                verdict, late = summaries[trace_id]
-                trace.verdict = verdict_from_document(orjson.loads(verdict))
-                trace.late = bool(late)
-            traces.append(trace)
-        return traces
+        return [found[trace_id] for trace_id in ids if trace_id in found]
 
     async def dependencies(self, end_ns: int, lookback_ns: int) -> list[Dependency]:
+        # edges: [[caller, callee, calls, errors, virtual], …]
         rows = await self._on(
             self._read_thread,
             lambda: self._reader.execute(
-                "SELECT caller, callee, sum(calls), sum(errors) FROM edges "
-                "WHERE start_ns > ? AND start_ns <= ? "
-                "GROUP BY caller, callee ORDER BY caller, callee",
+                "SELECT e.value ->> 0, e.value ->> 1, sum(e.value ->> 2), sum(e.value ->> 3) "
+                "FROM traces, json_each(traces.edges) AS e "
+                "WHERE traces.start_ns > ? AND traces.start_ns <= ? "
+                "GROUP BY 1, 2 ORDER BY 1, 2",
                 (end_ns - lookback_ns, end_ns),
             ).fetchall(),
         )
@@ -414,6 +407,47 @@ class SqliteTraceStore:
         await self._on(self._read_thread, self._reader.close)
         self._write_thread.shutdown()
         self._read_thread.shutdown()
+
+
+def _merged(stored: bytes, new: bytes) -> tuple[bytes, int]:
+    """The stored span documents and the new ones not among them; how many were new."""
+    documents = orjson.loads(stored)
+    known = {(d["span_id"], d["kind"]) for d in documents}
+    added = 0
+    for document in orjson.loads(new):
+        key = (document["span_id"], document["kind"])
+        if key not in known:
+            known.add(key)
+            documents.append(document)
+            added += 1
+    return orjson.dumps(documents), added
+
+
+def _latest_match(documents: list[dict[str, Any]], query: TraceQuery) -> int | None:
+    """When the latest span matching every condition of the query started, or None."""
+    latest: int | None = None
+    for document in documents:
+        start = document["start_ns"]
+        duration = document["end_ns"] - start
+        if (
+            document["service"] != query.service
+            or (query.operation is not None and document["name"] != query.operation)
+            or (query.min_duration_ns is not None and duration < query.min_duration_ns)
+            or (query.max_duration_ns is not None and duration > query.max_duration_ns)
+            or (query.start_min_ns is not None and start < query.start_min_ns)
+            or (query.start_max_ns is not None and start > query.start_max_ns)
+            or (latest is not None and start <= latest)
+        ):
+            continue
+        if query.tags and not _has_tags(span_from_document(document), query):
+            continue
+        latest = start
+    return latest
+
+
+def _has_tags(span: Span, query: TraceQuery) -> bool:
+    tags = searchable_tags(span)
+    return all(tags.get(key) == value for key, value in query.tags.items())
 
 
 @contextmanager

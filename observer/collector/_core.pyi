@@ -1,0 +1,77 @@
+"""Types of the trace core, the native module built from native/ (see native/src/python.rs)."""
+
+from typing import TypedDict
+
+class CoreCounts(TypedDict):
+    spans_in: int
+    duplicate_spans: int
+    late_spans: int
+    emitted: list[tuple[str, int]]
+    reemitted: int
+    forgotten_early: int
+    complete: int
+    partial: int
+    partial_reasons: list[tuple[str, int]]
+    sampled: list[tuple[tuple[str, str], int]]
+
+class EncodedTrace:
+    trace_id: str
+    start_ns: int
+    end_ns: int
+    late: bool
+    already_emitted: int
+    span_count: int
+    verdict: bytes
+    edges: list[tuple[str, str, int, int, bool]]
+    spans: bytes
+    span_documents: list[tuple[str, bytes, bytes, int, int]]
+    services: list[tuple[str, int, int, int]]
+    operations: list[tuple[str, str, str]]
+
+_Histogram = tuple[list[float], list[tuple[list[str], list[int], float]]]
+
+class TraceCore:
+    def __init__(
+        self,
+        *,
+        idle_timeout: float,
+        max_age: float,
+        late_window: float,
+        max_live_traces: int,
+        max_live_spans: int,
+        max_skew_ns: int,
+        keep_errors: bool,
+        latency_threshold_ns: int | None,
+        probabilistic_share: float,
+        request_buckets: list[float],
+        latency_buckets: list[float],
+        max_series: int,
+        span_documents: bool,
+    ) -> None: ...
+    def add(
+        self, request: bytes, now: float
+    ) -> tuple[list[tuple[str, int]], list[EncodedTrace]]: ...
+    def expire(self, now: float, limit: int) -> tuple[int, list[EncodedTrace]]: ...
+    def drain(self, now: float) -> list[EncodedTrace]: ...
+    @property
+    def live_traces(self) -> int: ...
+    @property
+    def live_spans(self) -> int: ...
+    @property
+    def retained_traces(self) -> int: ...
+    @property
+    def retained_spans(self) -> int: ...
+    def take_bounds_report(self) -> dict[str, int] | None: ...
+    def take_overflow_warnings(self) -> list[str]: ...
+    def counts(self) -> CoreCounts: ...
+    def graph_snapshot(
+        self,
+    ) -> tuple[
+        list[tuple[tuple[str, str, str], int, int]],
+        _Histogram,
+        _Histogram,
+        list[tuple[tuple[str, str, str], int]],
+        list[tuple[tuple[str, str, str, str], int]],
+        _Histogram,
+        list[tuple[str, int]],
+    ]: ...

@@ -1,0 +1,159 @@
+"""The trace core as Python drives it (native/src/python.rs): requests in, encoded traces
+out, and what it counts. The stages' own cases are Rust tests under native/src."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
+
+from observer.collector._core import TraceCore
+from observer.collector.pipeline import request_bytes, trace_core
+from observer.config import CollectorConfig, parse
+from tests.unit.collector_spans import MS, T0, otlp_span, resource_spans
+
+IDLE = 5.0
+
+
+def core(span_documents: bool = False, max_live_traces: int = 100) -> TraceCore:
+    config = parse(
+        CollectorConfig,
+        f"""
+        assembly: {{idle_timeout: {IDLE}s, max_live_traces: {max_live_traces}}}
+        sampling: {{probabilistic_share: 1.0, latency_threshold: null}}
+        """,
+        env={},
+    )
+    return trace_core(config, span_documents)
+
+
+def trace_id(number: int) -> bytes:
+    return number.to_bytes(16, "big")
+
+
+def call(number: int, *, start_ns: int = T0) -> bytes:
+    """Trace `number`: web's client span calling app's server span."""
+    client = otlp_span(
+        trace_id(number),
+        b"\x01" * 8,
+        kind=OtlpSpan.SPAN_KIND_CLIENT,
+        start_ns=start_ns,
+        end_ns=start_ns + 50 * MS,
+    )
+    server = otlp_span(
+        trace_id(number),
+        b"\x02" * 8,
+        b"\x01" * 8,
+        kind=OtlpSpan.SPAN_KIND_SERVER,
+        start_ns=start_ns + 5 * MS,
+        end_ns=start_ns + 45 * MS,
+        error=True,
+    )
+    return request_bytes([resource_spans("web", [client]), resource_spans("app", [server])])
+
+
+def test_quiet_traces_come_out_up_to_the_limit_per_call() -> None:
+    """expire() emits at most `limit` quiet traces and says how many were due."""
+    subject = core()
+    for number in (1, 2, 3):
+        assert subject.add(call(number), 0.0) == ([], [])
+    assert subject.expire(IDLE - 0.1, 10) == (0, [])
+
+    due, first = subject.expire(IDLE, 2)
+    assert due == 2
+    assert [trace.trace_id for trace in first] == [trace_id(1).hex(), trace_id(2).hex()]
+    due, rest = subject.expire(IDLE, 2)
+    assert due == 1
+    assert [trace.trace_id for trace in rest] == [trace_id(3).hex()]
+    assert subject.live_traces == 0
+
+
+def test_an_emitted_trace_carries_its_findings() -> None:
+    """Bounds, span count, verdict and edges come with the encoded spans."""
+    subject = core()
+    subject.add(call(1), 0.0)
+    (trace,) = subject.drain(0.0)
+    assert (trace.start_ns, trace.end_ns) == (T0, T0 + 50 * MS)
+    assert trace.span_count == 2
+    assert not trace.late
+    assert orjson.loads(trace.verdict) == {"completeness": "complete", "reasons": {}}
+    assert trace.edges == [("web", "app", 1, 1, False)]
+    assert [(s, first, last) for s, first, last, _ in trace.services] == [
+        ("web", T0, T0),
+        ("app", T0 + 5 * MS, T0 + 5 * MS),
+    ]
+    assert sorted(trace.operations) == [("app", "op", "server"), ("web", "op", "client")]
+
+
+def test_a_trace_is_one_json_array_or_a_document_per_span() -> None:
+    """The embedded store takes the spans as one array; Elasticsearch a document per span
+    with its id (trace id, span id, kind) and its searchable tags."""
+    whole, per_span = core(span_documents=False), core(span_documents=True)
+    whole.add(call(1), 0.0)
+    per_span.add(call(1), 0.0)
+    ((array,), (documents,)) = whole.drain(0.0), per_span.drain(0.0)
+
+    spans = orjson.loads(array.spans)
+    assert [(s["span_id"], s["kind"], s["service"]) for s in spans] == [
+        ("01" * 8, "client", "web"),
+        ("02" * 8, "server", "app"),
+    ]
+    assert array.span_documents == []
+    ids = [document[0] for document in documents.span_documents]
+    assert ids == [trace_id(1).hex() + "01" * 8 + "c", trace_id(1).hex() + "02" * 8 + "s"]
+    assert [orjson.loads(document[1]) for document in documents.span_documents] == spans
+    server_tags = orjson.loads(documents.span_documents[1][2])
+    assert server_tags["error"] == "true"
+    assert server_tags["span.kind"] == "server"
+
+
+def test_spans_after_emission_come_out_again_as_a_late_trace() -> None:
+    """Within the late window a span for an emitted trace re-emits it whole, marked late."""
+    subject = core()
+    subject.add(call(1), 0.0)
+    subject.expire(IDLE, 10)
+    late = otlp_span(trace_id(1), b"\x03" * 8, b"\x02" * 8, start_ns=T0 + 10 * MS)
+    subject.add(request_bytes([resource_spans("app", [late])]), IDLE + 1)
+    _, (trace,) = subject.expire(2 * IDLE + 1, 10)
+    assert trace.late
+    assert (trace.span_count, trace.already_emitted) == (3, 2)
+    assert subject.counts()["late_spans"] == 1
+
+
+def test_invalid_ids_and_duplicates_are_counted_and_the_rest_kept() -> None:
+    """A span without a valid id is rejected by reason; a span sent twice is kept once."""
+    subject = core()
+    bad = otlp_span(trace_id(2), b"\x01" * 3)
+    rejected, _ = subject.add(request_bytes([resource_spans("web", [bad])]), 0.0)
+    assert rejected == [("invalid_span_id", 1)]
+    subject.add(call(1), 0.0)
+    subject.add(call(1), 0.0)
+    (trace,) = subject.drain(0.0)
+    assert trace.span_count == 2
+    counts = subject.counts()
+    assert (counts["spans_in"], counts["duplicate_spans"]) == (4, 2)
+
+
+def test_bytes_that_are_not_a_request_raise_and_the_core_goes_on() -> None:
+    """A request that does not decode is a ValueError for the caller to count; nothing is held."""
+    subject = core()
+    with pytest.raises(ValueError, match="decode"):
+        subject.add(b"\x0a\xff\xff\xff", 0.0)
+    assert subject.live_spans == 0
+    subject.add(call(1), 0.0)
+    assert subject.live_spans == 2
+
+
+def test_past_max_live_traces_the_oldest_is_emitted_early_and_reported() -> None:
+    """The bound forces the oldest trace out at once (returned by add) and is reported once."""
+    subject = core(max_live_traces=2)
+    subject.add(call(1), 0.0)
+    subject.add(call(2), 1.0)
+    assert subject.take_bounds_report() is None
+    _, forced = subject.add(call(3), 2.0)
+    assert [trace.trace_id for trace in forced] == [trace_id(1).hex()]
+    report = subject.take_bounds_report()
+    assert report is not None
+    assert report["emitted_early_for_traces"] == 1
+    assert subject.take_bounds_report() is None
+    assert dict(subject.counts()["emitted"])["max_live_traces"] == 1
