@@ -82,6 +82,8 @@ class Measured:
     returncode: int
     done_s: float | None = None
     """For servers: when the work was seen complete; the rest until exit was idle."""
+    cpu_at_done_s: float | None = None
+    """For servers: CPU used (user + system, from /proc) when the work was seen complete."""
     idle_s: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -124,36 +126,49 @@ def run_until(
     done: Callable[[], bool],
     timeout_s: float = 3600,
     poll_s: float = 0.25,
+    started: Callable[[int], None] | None = None,
     **popen: object,
 ) -> Measured:
     """Run a server until `done()` says its work is complete, then SIGTERM it and reap it.
 
     The wall figure ends when `done()` first returned true; the time from then to exit
     (at most one poll plus the server's shutdown) is reported as idle, and its CPU, which
-    is small, stays in the total: nothing is subtracted.
+    is small, stays in the total: nothing is subtracted. `started` gets the server's pid
+    (for `process_cpu_s`); `cpu_at_done_s` is its CPU when `done()` first returned true.
     """
     with log.open("wb") as out:
-        started = time.monotonic()
+        began = time.monotonic()
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **popen)  # type: ignore[call-overload]
-        finished_at = None
+        if started is not None:
+            started(process.pid)
+        finished_at = cpu_at_done = None
         try:
-            while time.monotonic() - started < timeout_s:
+            while time.monotonic() - began < timeout_s:
                 if _exited(process):
                     break
                 if done():
                     finished_at = time.monotonic()
+                    cpu_at_done = process_cpu_s(process.pid)
                     break
                 time.sleep(poll_s)
         finally:
             if not _exited(process):
                 process.send_signal(signal.SIGTERM)
-        measured = _reap(process, started, argv)
+        measured = _reap(process, began, argv)
     if finished_at is None:
         raise RuntimeError(f"{argv[0]} did not finish its work (see {log})")
-    measured.done_s = finished_at - started
+    measured.done_s = finished_at - began
+    measured.cpu_at_done_s = cpu_at_done
     measured.idle_s = measured.wall_s - measured.done_s
     measured.wall_s = measured.done_s
     return measured
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU (user + system, every thread) a live process has used so far, from /proc."""
+    # Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _exited(process: subprocess.Popen[bytes]) -> bool:

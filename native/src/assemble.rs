@@ -21,10 +21,13 @@
 //!
 //! The clock is the caller's (seconds, monotonic), so tests drive time. One owner at a time.
 
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+// Keys are ids senders choose: foldhash is fast on 8- and 16-byte keys (SipHash was a
+// large share of assembly) and seeded at random, so ids cannot be picked to collide.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::model::{Span, SpanId, SpanKind, Trace, TraceId};
 
@@ -85,7 +88,7 @@ pub struct Assembler {
     max_live_traces: usize,
     max_live_spans: usize,
     /// Live and retained traces in one map, so a span costs one lookup of its trace.
-    traces: HashMap<TraceId, Held, IdHashing>,
+    traces: HashMap<TraceId, Held>,
     /// Live traces by their last batch, least recently added to first (idle expiry reads
     /// from the front). A trace gets an entry per batch that adds to it rather than being
     /// moved to the end; older entries are stale and skipped.
@@ -108,7 +111,6 @@ pub struct Assembler {
     lent: usize,
     counts: AssemblyCounts,
     bounds_report: Option<BoundsReport>,
-    hashing: IdHashing,
 }
 
 /// One trace's spans while live, and after emission while retained.
@@ -119,10 +121,10 @@ struct Held {
     /// Original span id → kind and service of the first span with that id. Kept as values,
     /// not references to spans, so they hold while the spans are lent out and after later
     /// stages changed their ids.
-    seen: HashMap<SpanId, (SpanKind, Arc<str>), IdHashing>,
+    seen: HashMap<SpanId, (SpanKind, Arc<str>)>,
     /// Further spans with an id already seen but another kind or service (the halves of a
     /// Zipkin shared client/server span). Rare, so made only when needed.
-    shared: Option<HashSet<SharedKey, IdHashing>>,
+    shared: Option<HashSet<SharedKey>>,
     /// The stamp of the last batch that added a span, for `by_touch`.
     touched: u64,
     already_emitted: usize,
@@ -161,11 +163,11 @@ struct Due {
 }
 
 impl Held {
-    fn new(opened: u64, hashing: &IdHashing) -> Held {
+    fn new(opened: u64) -> Held {
         Held {
             phase: Phase::Live { opened },
             spans: Vec::new(),
-            seen: HashMap::with_hasher(hashing.clone()),
+            seen: HashMap::new(),
             shared: None,
             touched: 0,
             already_emitted: 0,
@@ -197,10 +199,11 @@ impl Held {
                 if *kind == span.kind && first_service == service {
                     return false;
                 }
-                let hashing = self.seen.hasher();
-                self.shared
-                    .get_or_insert_with(|| HashSet::with_hasher(hashing.clone()))
-                    .insert((span.span_id, span.kind, Arc::clone(service)))
+                self.shared.get_or_insert_with(HashSet::new).insert((
+                    span.span_id,
+                    span.kind,
+                    Arc::clone(service),
+                ))
             }
         }
     }
@@ -214,14 +217,13 @@ impl Assembler {
         max_live_traces: usize,
         max_live_spans: usize,
     ) -> Assembler {
-        let hashing = IdHashing::new();
         Assembler {
             idle_timeout,
             max_age,
             late_window,
             max_live_traces,
             max_live_spans,
-            traces: HashMap::with_hasher(hashing.clone()),
+            traces: HashMap::new(),
             by_touch: VecDeque::new(),
             by_age: VecDeque::new(),
             by_emission: VecDeque::new(),
@@ -233,7 +235,6 @@ impl Assembler {
             lent: 0,
             counts: AssemblyCounts::default(),
             bounds_report: None,
-            hashing,
         }
     }
 
@@ -287,7 +288,7 @@ impl Assembler {
                         trace_id,
                     });
                     self.live_traces += 1;
-                    entry.insert(Held::new(self.stamp, &self.hashing))
+                    entry.insert(Held::new(self.stamp))
                 }
             };
             // A duplicate of a retained trace's span leaves it retained: it is not new.
@@ -541,7 +542,7 @@ impl Assembler {
 /// The queue's first current entry, stale entries before it dropped.
 fn current_front(
     queue: &mut VecDeque<Due>,
-    traces: &HashMap<TraceId, Held, IdHashing>,
+    traces: &HashMap<TraceId, Held>,
     order: Order,
 ) -> Option<Due> {
     while let Some(&due) = queue.front() {
@@ -554,76 +555,6 @@ fn current_front(
         queue.pop_front();
     }
     None
-}
-
-/// Hashing for the assembler's maps, keyed by ids that are (mostly) random bytes already:
-/// a folded multiply per 8 bytes (as foldhash does) instead of SipHash, which is much
-/// slower for 8- and 16-byte keys on the hot path. Seeded from std's random keys per
-/// assembler, so senders cannot pick ids that collide on purpose.
-#[derive(Clone)]
-struct IdHashing {
-    seed: u64,
-    multiplier: u64,
-}
-
-impl IdHashing {
-    fn new() -> IdHashing {
-        let random = RandomState::new();
-        IdHashing {
-            seed: random.hash_one(0_u8),
-            multiplier: random.hash_one(1_u8) | 1,
-        }
-    }
-}
-
-impl BuildHasher for IdHashing {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            state: self.seed,
-            multiplier: self.multiplier,
-        }
-    }
-}
-
-struct IdHasher {
-    state: u64,
-    multiplier: u64,
-}
-
-impl IdHasher {
-    fn mix(&mut self, word: u64) {
-        let product = u128::from(self.state ^ word) * u128::from(self.multiplier);
-        self.state = (product as u64) ^ ((product >> 64) as u64);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut word = [0_u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.mix(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.mix(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! the assembler (kept there for late spans). Nothing of a trace leaves the core but its
 //! encoding, so the Python side handles one object per trace, never one per span.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 
 use crate::assemble::{Assembler, AssemblyCounts, BoundsReport};
 use crate::decode::decode_request;

@@ -6,7 +6,7 @@
 //! span id that is neither empty (a root) nor 8 bytes. An all-zero parent id is read as
 //! "no parent", as the OpenTelemetry SDKs write it for roots.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::sync::Arc;
 
 use base64::Engine as _;

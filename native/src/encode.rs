@@ -8,7 +8,7 @@
 //! value (a list tag, a nested array, a map attribute) is the very text Python makes, and
 //! searches match it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io::Write as _;
 
 use crate::model::{Attributes, Span, SpanKind, Status, Value, Verdict};

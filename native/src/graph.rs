@@ -7,8 +7,8 @@
 //! node its peer attributes name. The metrics are aggregated here and exported by the
 //! caller at scrape time from a [`GraphSnapshot`].
 
+use foldhash::{HashMap, HashMapExt};
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::model::{Edge, Span, SpanKind, Status, Trace};

@@ -3,8 +3,8 @@
 //! done; this port keeps its steps, their order and their results, working on indexes
 //! into `Trace::spans` instead of span objects.
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use blake2::digest::{Update, VariableOutput};
