@@ -142,6 +142,7 @@ def run_until(
         if started is not None:
             started(process.pid)
         finished_at = cpu_at_done = None
+        peak_rss_mb = 0.0
         try:
             while time.monotonic() - began < timeout_s:
                 if _exited(process):
@@ -149,6 +150,7 @@ def run_until(
                 if done():
                     finished_at = time.monotonic()
                     cpu_at_done = process_cpu_s(process.pid)
+                    peak_rss_mb = process_peak_rss_mb(process.pid)
                     break
                 time.sleep(poll_s)
         finally:
@@ -159,6 +161,10 @@ def run_until(
         raise RuntimeError(f"{argv[0]} did not finish its work (see {log})")
     measured.done_s = finished_at - began
     measured.cpu_at_done_s = cpu_at_done
+    # wait4's ru_maxrss of a child that Python started by vfork + exec is at least the
+    # parent's peak (the kernel keeps the pre-exec high-water mark), so a large driver
+    # inflated it; the server's own high-water mark when its work was done is read instead.
+    measured.max_rss_mb = peak_rss_mb
     measured.idle_s = measured.wall_s - measured.done_s
     measured.wall_s = measured.done_s
     return measured
@@ -169,6 +175,14 @@ def process_cpu_s(pid: int) -> float:
     # Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident set size (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmHWM for process {pid}")
 
 
 def _exited(process: subprocess.Popen[bytes]) -> bool:
