@@ -312,6 +312,7 @@ mod tests {
     //! choices that file leaves to the Python code's reading.
 
     use super::*;
+    use crate::model::test_support::{attrs, text};
     use crate::otlp::{ArrayValue, InstrumentationScope, KeyValueList, ResourceSpans, ScopeSpans};
 
     const TRACE_ID: [u8; 16] = [
@@ -398,19 +399,6 @@ mod tests {
         let mut decoded = unpack_one(batch);
         assert_eq!(decoded.spans.len(), 1, "rejected: {:?}", decoded.rejected);
         decoded.spans.pop().unwrap()
-    }
-
-    fn attrs(pairs: &[(&str, Value)]) -> Attributes {
-        Attributes(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
-    }
-
-    fn text(s: &str) -> Value {
-        Value::Str(s.into())
     }
 
     #[test]

@@ -466,6 +466,8 @@ mod tests {
 
     use std::sync::Arc;
 
+    use crate::model::test_support::{attrs, text};
+
     use serde_json::json;
 
     use super::*;
@@ -480,19 +482,6 @@ mod tests {
 
     fn span_id(number: u64) -> SpanId {
         number.to_be_bytes()
-    }
-
-    fn attrs(pairs: &[(&str, Value)]) -> Attributes {
-        Attributes(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
-    }
-
-    fn text(s: &str) -> Value {
-        Value::Str(s.into())
     }
 
     fn resource(service: &str, pairs: &[(&str, Value)]) -> Arc<Resource> {

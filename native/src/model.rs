@@ -261,3 +261,22 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     text
 }
+
+/// Builders the stages' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Attributes, Value};
+
+    pub fn attrs(pairs: &[(&str, Value)]) -> Attributes {
+        Attributes(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    pub fn text(s: &str) -> Value {
+        Value::Str(s.into())
+    }
+}

@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 from observer.collector._core import EncodedTrace, TraceCore
 from observer.collector.graph import GraphMetrics
 from observer.config import CollectorConfig
-from observer.protocols.otlp import EncodedBatch
+from observer.protocols.otlp import EncodedBatch, count_spans, frame_resource_spans
 from observer.telemetry import metric_name
 
 log = logging.getLogger(__name__)
@@ -61,26 +61,9 @@ CHECK_INTERVAL = 0.25
 WRITE_CHUNK = 256
 
 
-def count_spans(batch: Sequence[ResourceSpans]) -> int:
-    return sum(len(scope.spans) for resource in batch for scope in resource.scope_spans)
-
-
 def request_bytes(batch: Sequence[ResourceSpans]) -> bytes:
-    """The batch as an ExportTraceServiceRequest's bytes: each ResourceSpans as field 1."""
-    parts: list[bytes] = []
-    for resource_spans in batch:
-        body = resource_spans.SerializeToString()
-        parts.append(b"\x0a" + _varint(len(body)) + body)
-    return b"".join(parts)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    """The batch as an ExportTraceServiceRequest's bytes."""
+    return b"".join(frame_resource_spans(part.SerializeToString()) for part in batch)
 
 
 def trace_core(config: CollectorConfig, span_documents: bool) -> TraceCore:
