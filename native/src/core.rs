@@ -29,7 +29,7 @@ pub struct Settings {
     pub request_buckets: Vec<f64>,
     pub latency_buckets: Vec<f64>,
     pub max_series: usize,
-    /// Per-span documents (a store that indexes spans) rather than one array per trace.
+    /// Per-span documents (a store that indexes spans) rather than one record per trace.
     pub span_documents: bool,
 }
 
@@ -61,8 +61,9 @@ pub struct EncodedTrace {
     pub span_count: usize,
     pub verdict: Vec<u8>,
     pub edges: Vec<Edge>,
-    /// The span documents as one JSON array (unless per-span documents were asked for).
-    pub spans: Vec<u8>,
+    /// The trace's record, packed (`encode::trace_record`, `encode::pack_record`), unless
+    /// per-span documents were asked for.
+    pub record: Vec<u8>,
     pub span_documents: Vec<SpanDocument>,
     pub services: Vec<ServiceSummary>,
     /// (service, operation, kind), each once.
@@ -196,7 +197,7 @@ impl TraceCore {
             span_count: spans.len(),
             verdict: Vec::with_capacity(64),
             edges: trace.edges.clone(),
-            spans: Vec::new(),
+            record: Vec::new(),
             span_documents: Vec::new(),
             services: Vec::new(),
             operations: Vec::new(),
@@ -207,7 +208,7 @@ impl TraceCore {
                 .iter()
                 .map(|span| {
                     let mut body = Vec::with_capacity(512);
-                    encode::span_document(span, &mut body);
+                    encode::span_document(span, encode::Placement::Alone, &mut body);
                     let mut tags = Vec::with_capacity(256);
                     encode::searchable_tags(span, &mut tags);
                     SpanDocument {
@@ -220,16 +221,9 @@ impl TraceCore {
                 })
                 .collect();
         } else {
-            let body = &mut encoded.spans;
-            body.reserve(spans.len() * 512);
-            body.push(b'[');
-            for (i, span) in spans.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                encode::span_document(span, body);
-            }
-            body.push(b']');
+            let mut record = Vec::with_capacity(spans.len() * 320);
+            encode::trace_record(spans, &mut record);
+            encoded.record = encode::pack_record(&record);
         }
         let mut operations: HashSet<(&str, &str, &'static str)> = HashSet::new();
         for span in spans {

@@ -4,7 +4,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::{EncodedTrace, Settings, TraceCore};
 use crate::graph::HistogramSnapshot;
@@ -12,94 +12,136 @@ use crate::graph::HistogramSnapshot;
 /// Spans refused at decoding, by reason ("invalid_span_id", …).
 type RejectedSpans = Vec<(&'static str, u64)>;
 
+/// An encoded trace. Its fields become Python objects when read, not before: a store reads
+/// some of them once, and the rest never (the embedded store no span documents,
+/// Elasticsearch no record).
 #[pyclass(module = "observer.collector._core", name = "EncodedTrace", frozen)]
 pub struct PyEncodedTrace {
-    #[pyo3(get)]
-    trace_id: String,
-    #[pyo3(get)]
-    start_ns: i64,
-    #[pyo3(get)]
-    end_ns: i64,
-    #[pyo3(get)]
-    late: bool,
-    #[pyo3(get)]
-    already_emitted: usize,
-    #[pyo3(get)]
-    span_count: usize,
-    /// `{"completeness": …, "reasons": {…}}` as JSON.
-    #[pyo3(get)]
-    verdict: Py<PyBytes>,
-    /// [(caller, callee, calls, errors, virtual)]
-    #[pyo3(get)]
-    edges: Py<PyList>,
-    /// The span documents as one JSON array; empty when per-span documents were asked for.
-    #[pyo3(get)]
-    spans: Py<PyBytes>,
-    /// [(document id, document JSON, searchable tags JSON, start_ns, duration_ns)]
-    #[pyo3(get)]
-    span_documents: Py<PyList>,
-    /// [(service, first start_ns, last start_ns, longest duration_ns)]
-    #[pyo3(get)]
-    services: Py<PyList>,
-    /// [(service, operation, kind)], each once.
-    #[pyo3(get)]
-    operations: Py<PyList>,
+    trace: EncodedTrace,
 }
 
-fn to_python(py: Python<'_>, encoded: EncodedTrace) -> PyResult<PyEncodedTrace> {
-    let edges = PyList::empty(py);
-    for edge in encoded.edges {
-        edges.append((
-            edge.caller,
-            edge.callee,
-            edge.calls,
-            edge.errors,
-            edge.is_virtual,
-        ))?;
+#[pymethods]
+impl PyEncodedTrace {
+    #[getter]
+    fn trace_id(&self) -> &str {
+        &self.trace.trace_id
     }
-    let documents = PyList::empty(py);
-    for document in encoded.span_documents {
-        documents.append((
-            document.id,
-            PyBytes::new(py, &document.body),
-            PyBytes::new(py, &document.tags),
-            document.start_ns,
-            document.duration_ns,
-        ))?;
+
+    #[getter]
+    fn start_ns(&self) -> i64 {
+        self.trace.start_ns
     }
-    let services = PyList::empty(py);
-    for summary in encoded.services {
-        services.append((
-            summary.service,
-            summary.first_start_ns,
-            summary.last_start_ns,
-            summary.longest_ns,
-        ))?;
+
+    #[getter]
+    fn end_ns(&self) -> i64 {
+        self.trace.end_ns
     }
-    let operations = PyList::empty(py);
-    for operation in encoded.operations {
-        operations.append(operation)?;
+
+    #[getter]
+    fn late(&self) -> bool {
+        self.trace.late
     }
-    Ok(PyEncodedTrace {
-        trace_id: encoded.trace_id,
-        start_ns: encoded.start_ns,
-        end_ns: encoded.end_ns,
-        late: encoded.late,
-        already_emitted: encoded.already_emitted,
-        span_count: encoded.span_count,
-        verdict: PyBytes::new(py, &encoded.verdict).unbind(),
-        edges: edges.unbind(),
-        spans: PyBytes::new(py, &encoded.spans).unbind(),
-        span_documents: documents.unbind(),
-        services: services.unbind(),
-        operations: operations.unbind(),
-    })
+
+    #[getter]
+    fn already_emitted(&self) -> usize {
+        self.trace.already_emitted
+    }
+
+    #[getter]
+    fn span_count(&self) -> usize {
+        self.trace.span_count
+    }
+
+    #[getter]
+    fn verdict<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.trace.verdict)
+    }
+
+    #[getter]
+    fn record<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.trace.record)
+    }
+
+    #[getter]
+    fn edges(&self) -> Vec<(&str, &str, u64, u64, bool)> {
+        self.trace
+            .edges
+            .iter()
+            .map(|e| (&*e.caller, &*e.callee, e.calls, e.errors, e.is_virtual))
+            .collect()
+    }
+
+    #[getter]
+    #[allow(clippy::type_complexity)]
+    fn span_documents<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Vec<(&str, Bound<'py, PyBytes>, Bound<'py, PyBytes>, i64, i64)> {
+        self.trace
+            .span_documents
+            .iter()
+            .map(|d| {
+                (
+                    &*d.id,
+                    PyBytes::new(py, &d.body),
+                    PyBytes::new(py, &d.tags),
+                    d.start_ns,
+                    d.duration_ns,
+                )
+            })
+            .collect()
+    }
+
+    #[getter]
+    fn services(&self) -> Vec<(&str, i64, i64, i64)> {
+        self.trace
+            .services
+            .iter()
+            .map(|s| (&*s.service, s.first_start_ns, s.last_start_ns, s.longest_ns))
+            .collect()
+    }
+
+    #[getter]
+    fn operations(&self) -> Vec<(&str, &str, &'static str)> {
+        self.trace
+            .operations
+            .iter()
+            .map(|(service, operation, kind)| (&**service, &**operation, *kind))
+            .collect()
+    }
 }
 
-fn to_list(py: Python<'_>, traces: Vec<EncodedTrace>) -> PyResult<Vec<PyEncodedTrace>> {
+/// Every (service, operation, kind) of these traces once, with the latest start of a
+/// trace it is in, sorted: the rows of the embedded store's operation list, made without a
+/// Python object per span name.
+#[pyfunction]
+fn operations_of(
+    traces: Vec<Bound<'_, PyEncodedTrace>>,
+) -> Vec<(String, String, &'static str, i64)> {
+    let mut latest: foldhash::HashMap<(&str, &str, &'static str), i64> = Default::default();
+    for trace in &traces {
+        let trace = &trace.get().trace;
+        for (service, operation, kind) in &trace.operations {
+            let start = latest
+                .entry((service, operation, kind))
+                .or_insert(trace.start_ns);
+            *start = (*start).max(trace.start_ns);
+        }
+    }
+    let mut rows: Vec<_> = latest
+        .into_iter()
+        .map(|((service, operation, kind), start)| {
+            (service.to_owned(), operation.to_owned(), kind, start)
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+fn to_list(py: Python<'_>, traces: Vec<EncodedTrace>) -> PyResult<Vec<Py<PyEncodedTrace>>> {
     traces
         .into_iter()
-        .map(|trace| to_python(py, trace))
+        .map(|trace| Py::new(py, PyEncodedTrace { trace }))
         .collect()
 }
 
@@ -157,7 +199,7 @@ impl PyTraceCore {
         py: Python<'_>,
         request: &[u8],
         now: f64,
-    ) -> PyResult<(RejectedSpans, Vec<PyEncodedTrace>)> {
+    ) -> PyResult<(RejectedSpans, Vec<Py<PyEncodedTrace>>)> {
         let core = &mut self.core;
         let added = py
             .allow_threads(|| core.add(request, now))
@@ -172,14 +214,14 @@ impl PyTraceCore {
         py: Python<'_>,
         now: f64,
         limit: usize,
-    ) -> PyResult<(usize, Vec<PyEncodedTrace>)> {
+    ) -> PyResult<(usize, Vec<Py<PyEncodedTrace>>)> {
         let core = &mut self.core;
         let (processed, traces) = py.allow_threads(|| core.expire(now, limit));
         Ok((processed, to_list(py, traces)?))
     }
 
     /// Every live trace (at shutdown): processed, and the kept ones returned encoded.
-    fn drain(&mut self, py: Python<'_>, now: f64) -> PyResult<Vec<PyEncodedTrace>> {
+    fn drain(&mut self, py: Python<'_>, now: f64) -> PyResult<Vec<Py<PyEncodedTrace>>> {
         let core = &mut self.core;
         let traces = py.allow_threads(|| core.drain(now));
         to_list(py, traces)
@@ -271,9 +313,27 @@ impl PyTraceCore {
     }
 }
 
+/// A trace record's JSON, packed as the core packs the records it encodes.
+#[pyfunction]
+fn pack_record<'py>(py: Python<'py>, record: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &py.allow_threads(|| crate::encode::pack_record(record)))
+}
+
+/// A packed trace record's JSON; ValueError when `packed` is not a packed record.
+#[pyfunction]
+fn unpack_record<'py>(py: Python<'py>, packed: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let record = py
+        .allow_threads(|| crate::encode::unpack_record(packed))
+        .map_err(|error| PyValueError::new_err(format!("not a packed trace record: {error}")))?;
+    Ok(PyBytes::new(py, &record))
+}
+
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyTraceCore>()?;
     module.add_class::<PyEncodedTrace>()?;
+    module.add_function(wrap_pyfunction!(pack_record, module)?)?;
+    module.add_function(wrap_pyfunction!(unpack_record, module)?)?;
+    module.add_function(wrap_pyfunction!(operations_of, module)?)?;
     Ok(())
 }

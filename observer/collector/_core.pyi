@@ -1,5 +1,6 @@
 """Types of the trace core, the native module built from native/ (see native/src/python.rs)."""
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 class CoreCounts(TypedDict):
@@ -23,7 +24,8 @@ class EncodedTrace:
     span_count: int
     verdict: bytes
     edges: list[tuple[str, str, int, int, bool]]
-    spans: bytes
+    record: bytes
+    """The embedded store's record of the trace, packed (empty when span_documents)."""
     span_documents: list[tuple[str, bytes, bytes, int, int]]
     services: list[tuple[str, int, int, int]]
     operations: list[tuple[str, str, str]]
@@ -75,3 +77,7 @@ class TraceCore:
         _Histogram,
         list[tuple[str, int]],
     ]: ...
+
+def pack_record(record: bytes) -> bytes: ...
+def unpack_record(packed: bytes) -> bytes: ...
+def operations_of(traces: Sequence[EncodedTrace]) -> list[tuple[str, str, str, int]]: ...

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
-from observer.collector._core import TraceCore
+from observer.collector._core import TraceCore, operations_of, pack_record, unpack_record
 from observer.collector.pipeline import request_bytes, trace_core
 from observer.config import CollectorConfig, parse
 from tests.unit.collector_spans import MS, T0, otlp_span, resource_spans
@@ -85,26 +85,64 @@ def test_an_emitted_trace_carries_its_findings() -> None:
     assert sorted(trace.operations) == [("app", "op", "server"), ("web", "op", "client")]
 
 
-def test_a_trace_is_one_json_array_or_a_document_per_span() -> None:
-    """The embedded store takes the spans as one array; Elasticsearch a document per span
-    with its id (trace id, span id, kind) and its searchable tags."""
-    whole, per_span = core(span_documents=False), core(span_documents=True)
-    whole.add(call(1), 0.0)
-    per_span.add(call(1), 0.0)
-    ((array,), (documents,)) = whole.drain(0.0), per_span.drain(0.0)
-
-    spans = orjson.loads(array.spans)
-    assert [(s["span_id"], s["kind"], s["service"]) for s in spans] == [
-        ("01" * 8, "client", "web"),
-        ("02" * 8, "server", "app"),
+def test_the_operations_of_traces_are_listed_once_with_the_latest_start() -> None:
+    subject = core()
+    subject.add(call(1, start_ns=T0 + 1_000 * MS), 0.0)
+    subject.add(call(2), 0.0)
+    subject.add(request_bytes([resource_spans("web", [otlp_span(trace_id(3), b"\x03" * 8)])]), 0.0)
+    traces = subject.drain(0.0)
+    assert operations_of(traces) == [
+        ("app", "op", "server", T0 + 1_000 * MS),
+        ("web", "op", "client", T0 + 1_000 * MS),
+        ("web", "op", "internal", T0),
     ]
-    assert array.span_documents == []
-    ids = [document[0] for document in documents.span_documents]
-    assert ids == [trace_id(1).hex() + "01" * 8 + "c", trace_id(1).hex() + "02" * 8 + "s"]
-    assert [orjson.loads(document[1]) for document in documents.span_documents] == spans
+    assert operations_of([]) == []
+
+
+def test_a_trace_is_one_record_or_a_document_per_span() -> None:
+    """The embedded store takes a trace as one packed record holding the trace id and each
+    resource once; Elasticsearch a document per span with its id (trace id, span id, kind)
+    and its searchable tags. Both carry the same spans."""
+    whole, per_span = core(span_documents=False), core(span_documents=True)
+    # web again, in a later request: an equal resource, written once.
+    from_web_again = request_bytes(
+        [resource_spans("web", [otlp_span(trace_id(1), b"\x03" * 8, b"\x01" * 8)])]
+    )
+    for subject in (whole, per_span):
+        subject.add(call(1), 0.0)
+        subject.add(from_web_again, 0.0)
+    ((one,), (documents,)) = whole.drain(0.0), per_span.drain(0.0)
+
+    assert one.span_documents == []
+    record = orjson.loads(unpack_record(one.record))
+    assert record["resources"] == [{"service.name": "web"}, {"service.name": "app"}]
+    spans = record["spans"]
+    assert sorted((s["span_id"], s["kind"], s["service"], s["resource"]) for s in spans) == [
+        ("01" * 8, "client", "web", 0),
+        ("02" * 8, "server", "app", 1),
+        ("03" * 8, "internal", "web", 0),
+    ]
+    by_id = {document[0]: orjson.loads(document[1]) for document in documents.span_documents}
+    assert by_id == {
+        trace_id(1).hex() + span["span_id"] + span["kind"][0]: {
+            "trace_id": trace_id(1).hex(),
+            **span,
+            "resource": record["resources"][span["resource"]],
+        }
+        for span in spans
+    }
     server_tags = orjson.loads(documents.span_documents[1][2])
     assert server_tags["error"] == "true"
     assert server_tags["span.kind"] == "server"
+
+
+def test_a_packed_record_unpacks_to_its_json_and_garbage_is_refused() -> None:
+    record = orjson.dumps({"resources": [{}], "spans": [{"span_id": "01" * 8, "resource": 0}]})
+    assert unpack_record(pack_record(record)) == record
+    packed = pack_record(record)
+    for garbage in (b"\xff\xff\xff\x7f" + packed[4:], packed[:-3], b"not lz4 at all"):
+        with pytest.raises(ValueError, match="not a packed trace record"):
+            unpack_record(garbage)
 
 
 def test_spans_after_emission_come_out_again_as_a_late_trace() -> None:

@@ -32,8 +32,8 @@ The promises:
 - **Near real time.** What `write` stored is visible to queries within about a second
   (Elasticsearch refreshes on its own interval; SQLite at once).
 
-Traces come in as the trace core encoded them (`EncodedTrace`: a JSON array of span
-documents, or a document per span when the store says `span_documents`) and go out as
+Traces come in as the trace core encoded them (`EncodedTrace`: one packed record of the
+trace's spans, or a document per span when the store says `span_documents`) and go out as
 `Trace`s of `observer.collector.model`, decoded from what was stored.
 
 Ownership: `write` reads the traces it is given and keeps nothing of them.
@@ -110,7 +110,7 @@ class TraceStore(Protocol):
     name: str
     span_documents: bool
     """How the store wants traces encoded: a document per span with its searchable tags,
-    or (False) a trace's spans as one JSON array."""
+    or (False) a trace's spans as one record (`EncodedTrace.record`)."""
 
     async def write(self, traces: Sequence[EncodedTrace]) -> None:
         """Store the traces; returns when they are durable (or refused and counted)."""

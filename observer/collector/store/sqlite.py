@@ -5,10 +5,11 @@ A trace is one record, written as the trace core encoded it, so storing costs a 
 per trace rather than rows and index entries per span (observer/collector/store/__init__.py
 states the promises):
 
-    traces          one row per trace: its time bounds, verdict, edges (JSON) and spans
-                    (a JSON array of span documents). A trace written again (late spans)
-                    is merged: spans already stored are kept, new ones added, verdict and
-                    edges replaced.
+    traces          one row per trace: its time bounds, verdict, edges (JSON) and record
+                    (its spans as the core packs them: each resource and the trace id
+                    once, LZ4-compressed; native/src/encode.rs `trace_record`). A trace
+                    written again (late spans) is merged: spans already stored are kept,
+                    new ones added, verdict and edges replaced.
     trace_services  per trace, each service that sent spans: when its first and last
                     spans started and its longest span. Search reads these latest first
                     and checks the conditions on the trace's spans themselves, so
@@ -37,7 +38,7 @@ from typing import Any, TypeVar
 import orjson
 from prometheus_client import CollectorRegistry
 
-from observer.collector._core import EncodedTrace
+from observer.collector._core import EncodedTrace, operations_of, pack_record, unpack_record
 from observer.collector.model import Edge, Span, SpanKind, Trace
 from observer.collector.store import (
     Dependency,
@@ -52,7 +53,7 @@ from observer.collector.store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # auto_vacuum must be chosen before the first table exists; INCREMENTAL lets prune give
 # freed pages back to the file system (sqlite.org/pragma.html#pragma_auto_vacuum).
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS traces (
     verdict BLOB NOT NULL,
     late INTEGER NOT NULL,
     edges BLOB NOT NULL,
-    spans BLOB NOT NULL
+    record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE TABLE IF NOT EXISTS trace_services (
@@ -90,12 +91,12 @@ CREATE TABLE IF NOT EXISTS operations (
 """
 
 _INSERT_TRACE = (
-    "INSERT INTO traces (id, trace_id, start_ns, end_ns, span_count, verdict, late, edges, spans) "
+    "INSERT INTO traces (id, trace_id, start_ns, end_ns, span_count, verdict, late, edges, record) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_TRACE = (
     "UPDATE traces SET start_ns = ?, end_ns = ?, span_count = ?, verdict = ?, late = ?, "
-    "edges = ?, spans = ? WHERE id = ?"
+    "edges = ?, record = ? WHERE id = ?"
 )
 _INSERT_SERVICE = "INSERT INTO trace_services VALUES (?, ?, ?, ?, ?)"
 _UPSERT_OPERATION = (
@@ -113,7 +114,7 @@ class SqliteTraceStore:
     """Open with `await SqliteTraceStore.open(path)`; see the module docstring."""
 
     name = "embedded"
-    # One record per trace: the core encodes a trace's spans as one JSON array.
+    # One record per trace (`EncodedTrace.record`), not a document per span.
     span_documents = False
 
     def __init__(
@@ -175,17 +176,16 @@ class SqliteTraceStore:
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row_id, trace_id, spans in connection.execute(
-                f"SELECT id, trace_id, spans FROM traces WHERE trace_id IN ({marks})",  # noqa: S608 - '?' marks only
+            for row_id, trace_id, record in connection.execute(
+                f"SELECT id, trace_id, record FROM traces WHERE trace_id IN ({marks})",  # noqa: S608 - '?' marks only
                 chunk,
             ):
-                stored_before[trace_id] = (row_id, spans)
+                stored_before[trace_id] = (row_id, record)
         if self._next_id is None:
             (last,) = connection.execute("SELECT coalesce(max(id), 0) FROM traces").fetchone()
             self._next_id = last + 1
         trace_rows: list[tuple[Any, ...]] = []
         service_rows: list[tuple[Any, ...]] = []
-        operations: dict[tuple[str, str, str], int] = {}
         stored = duplicates = 0
         for trace in traces:
             earlier = stored_before.get(trace.trace_id)
@@ -203,32 +203,30 @@ class SqliteTraceStore:
                         trace.verdict,
                         trace.late,
                         edges,
-                        trace.spans,
+                        trace.record,
                     )
                 )
                 service_rows += [(row_id, *summary) for summary in trace.services]
                 stored += trace.span_count
-                stored_before[trace.trace_id] = (row_id, trace.spans)
+                stored_before[trace.trace_id] = (row_id, trace.record)
             else:
-                row_id, spans = earlier
-                merged, added = _merged(spans, trace.spans)
+                row_id, record = earlier
+                merged, added = _merged(record, trace.record)
                 stored += added
                 duplicates += trace.span_count - added
-                self._replace(row_id, trace, merged)
-                stored_before[trace.trace_id] = (row_id, merged)
-            for service, operation, kind in trace.operations:
-                key = (service, operation, kind)
-                operations[key] = max(operations.get(key, 0), trace.start_ns)
+                packed = pack_record(orjson.dumps(merged))
+                self._replace(row_id, trace, merged["spans"], packed)
+                stored_before[trace.trace_id] = (row_id, packed)
         connection.executemany(_INSERT_TRACE, trace_rows)
         connection.executemany(_INSERT_SERVICE, service_rows)
-        connection.executemany(
-            _UPSERT_OPERATION, [(*key, last) for key, last in sorted(operations.items())]
-        )
+        connection.executemany(_UPSERT_OPERATION, operations_of(traces))
         return stored, duplicates
 
-    def _replace(self, row_id: int, trace: EncodedTrace, spans: bytes) -> None:
-        """Rewrite a stored trace with its merged spans, this emission's verdict and edges."""
-        documents = orjson.loads(spans)
+    def _replace(
+        self, row_id: int, trace: EncodedTrace, documents: list[dict[str, Any]], record: bytes
+    ) -> None:
+        """Rewrite a stored trace with its merged record (`documents` its spans), this
+        emission's verdict and edges."""
         summaries: dict[str, list[int]] = {}
         for document in documents:
             start = document["start_ns"]
@@ -250,7 +248,7 @@ class SqliteTraceStore:
                 trace.verdict,
                 trace.late,
                 orjson.dumps(trace.edges),
-                spans,
+                record,
                 row_id,
             ),
         )
@@ -340,17 +338,17 @@ class SqliteTraceStore:
                 conditions.append(clause)
                 parameters.append(value)
         sql = (
-            "SELECT t.trace_id, s.last_start_ns, t.spans FROM trace_services AS s "  # noqa: S608 - fixed clauses, values as '?'
+            "SELECT t.trace_id, s.last_start_ns, t.record FROM trace_services AS s "  # noqa: S608 - fixed clauses, values as '?'
             "JOIN traces AS t ON t.id = s.trace WHERE "
             + " AND ".join(conditions)
             + " ORDER BY s.last_start_ns DESC"
         )
         best: list[tuple[int, str]] = []  # (latest matching start, trace id), a min-heap
         with _transaction(self._reader, "DEFERRED"):
-            for trace_id, last_start, spans in self._reader.execute(sql, parameters):
+            for trace_id, last_start, record in self._reader.execute(sql, parameters):
                 if len(best) >= query.limit and last_start < best[0][0]:
                     break
-                latest = _latest_match(orjson.loads(spans), query)
+                latest = _latest_match(_span_documents(trace_id, record), query)
                 if latest is None:
                     continue
                 if len(best) < query.limit:
@@ -371,13 +369,13 @@ class SqliteTraceStore:
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for trace_id, verdict, late, edges, spans in connection.execute(
-                f"SELECT trace_id, verdict, late, edges, spans FROM traces WHERE trace_id IN ({marks})",  # noqa: S608
+            for trace_id, verdict, late, edges, record in connection.execute(
+                f"SELECT trace_id, verdict, late, edges, record FROM traces WHERE trace_id IN ({marks})",  # noqa: S608
                 chunk,
             ):
                 found[trace_id] = Trace(
                     trace_id,
-                    merge_spans(span_from_document(d) for d in orjson.loads(spans)),
+                    merge_spans(span_from_document(d) for d in _span_documents(trace_id, record)),
                     verdict_from_document(orjson.loads(verdict)),
                     [Edge(*edge) for edge in orjson.loads(edges)],
                     late=bool(late),
@@ -409,18 +407,41 @@ class SqliteTraceStore:
         self._read_thread.shutdown()
 
 
-def _merged(stored: bytes, new: bytes) -> tuple[bytes, int]:
-    """The stored span documents and the new ones not among them; how many were new."""
-    documents = orjson.loads(stored)
+def _span_documents(trace_id: str, packed: bytes) -> list[dict[str, Any]]:
+    """A stored record's spans as span documents (store/__init__.py `span_from_document`)."""
+    record = orjson.loads(unpack_record(packed))
+    resources = record["resources"]
+    documents: list[dict[str, Any]] = record["spans"]
+    for document in documents:
+        document["trace_id"] = trace_id
+        document["resource"] = resources[document["resource"]]
+    return documents
+
+
+def _merged(stored: bytes, new: bytes) -> tuple[dict[str, Any], int]:
+    """The stored record (unpacked) with the new record's spans not among it; how many
+    were new."""
+    record = orjson.loads(unpack_record(stored))
+    documents = record["spans"]
+    resources = record["resources"]
     known = {(d["span_id"], d["kind"]) for d in documents}
+    incoming = orjson.loads(unpack_record(new))
+    # A new span's resource index, in the merged record's resources.
+    moved: dict[int, int] = {}
     added = 0
-    for document in orjson.loads(new):
+    for document in incoming["spans"]:
         key = (document["span_id"], document["kind"])
-        if key not in known:
-            known.add(key)
-            documents.append(document)
-            added += 1
-    return orjson.dumps(documents), added
+        if key in known:
+            continue
+        known.add(key)
+        index = document["resource"]
+        if index not in moved:
+            moved[index] = len(resources)
+            resources.append(incoming["resources"][index])
+        document["resource"] = moved[index]
+        documents.append(document)
+        added += 1
+    return record, added
 
 
 def _latest_match(documents: list[dict[str, Any]], query: TraceQuery) -> int | None:
