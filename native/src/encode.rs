@@ -362,7 +362,32 @@ pub fn verdict_document(verdict: &Verdict, out: &mut Vec<u8>) {
 
 /// A JSON string, escaped as serde_json (and orjson) escape it.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    let bytes = text.as_bytes();
+    if needs_escaping(bytes) {
+        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+        return;
+    }
+    // Names, ids and attribute values almost never need escaping, and copying them whole
+    // is several times faster than serde_json's byte-by-byte escaping loop (which was a
+    // fifth of the time spent encoding traces).
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
+/// Whether JSON needs any of these bytes escaped: a control character, a quote or a
+/// backslash (serde_json and orjson escape nothing else). Tested 16 bytes at a time
+/// without branching, which the compiler turns into vector compares.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |found, &b| found | special(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| special(b))
 }
 
 /// Attributes as a JSON object, in their order.
@@ -560,6 +585,26 @@ mod tests {
 
     const BASE_NS: i64 = 1_790_000_000 * 1_000_000_000;
     const MS: i64 = 1_000_000;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them_wherever_the_special_byte_is() {
+        let plain = "GET /api/orders/{id} café ünïcödé \u{7f}";
+        let mut cases = vec![String::new(), plain.to_owned()];
+        for special in ["\"", "\\", "\n", "\u{0}", "\u{1f}"] {
+            // Before, inside and after the 16-byte blocks tested at once, and at their edges.
+            for at in [0, 1, 15, 16, 17, 31, 32, plain.len()] {
+                let mut case = plain.to_owned();
+                let at = (at..).find(|&i| case.is_char_boundary(i)).unwrap();
+                case.insert_str(at, special);
+                cases.push(case);
+            }
+        }
+        for case in cases {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, &case);
+            assert_eq!(ours, serde_json::to_vec(&case).unwrap(), "{case:?}");
+        }
+    }
 
     fn trace_id(number: u128) -> TraceId {
         number.to_be_bytes()
