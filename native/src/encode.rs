@@ -10,7 +10,6 @@
 
 use foldhash::HashMap;
 use std::io::Write as _;
-
 use std::sync::Arc;
 
 use crate::model::{Attributes, Resource, Span, SpanKind, Status, Value, Verdict};
@@ -173,8 +172,8 @@ pub fn trace_record(spans: &[Span], out: &mut Vec<u8>) {
 
 /// A record as stored: LZ4-compressed, its length first. Span records are JSON with the
 /// same keys in every span and few distinct values; compressed they are a fraction of the
-/// text, and the file system writes that fraction (about 5 KB per trace of 20 spans
-/// becomes ~1 KB, for a few microseconds of compression).
+/// text, and the file system writes that fraction (bench/collector.py's traces of 20
+/// spans: 8.0 KB of JSON become 1.8 KB, for about 0.2 µs per span).
 pub fn pack_record(record: &[u8]) -> Vec<u8> {
     lz4_flex::block::compress_prepend_size(record)
 }

@@ -52,16 +52,20 @@ impl PyEncodedTrace {
         self.trace.span_count
     }
 
+    /// `{"completeness": …, "reasons": {…}}` as JSON.
     #[getter]
     fn verdict<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.trace.verdict)
     }
 
+    /// The embedded store's record (`encode::trace_record`), packed; empty when per-span
+    /// documents were asked for.
     #[getter]
     fn record<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.trace.record)
     }
 
+    /// [(caller, callee, calls, errors, virtual)]
     #[getter]
     fn edges(&self) -> Vec<(&str, &str, u64, u64, bool)> {
         self.trace
@@ -71,6 +75,7 @@ impl PyEncodedTrace {
             .collect()
     }
 
+    /// [(document id, document JSON, searchable tags JSON, start_ns, duration_ns)]
     #[getter]
     #[allow(clippy::type_complexity)]
     fn span_documents<'py>(
@@ -92,6 +97,7 @@ impl PyEncodedTrace {
             .collect()
     }
 
+    /// [(service, first start_ns, last start_ns, longest duration_ns)]
     #[getter]
     fn services(&self) -> Vec<(&str, i64, i64, i64)> {
         self.trace
@@ -101,6 +107,7 @@ impl PyEncodedTrace {
             .collect()
     }
 
+    /// [(service, operation, kind)], each once.
     #[getter]
     fn operations(&self) -> Vec<(&str, &str, &'static str)> {
         self.trace
