@@ -263,7 +263,7 @@ async def serve_observer(config_path: Path, otlp_listen: str) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from observer.collector.pipeline import TracePipeline
+    from observer.collector.pipeline import DECODERS, TracePipeline
     from observer.collector.store import open_store
     from observer.config import load_collector
     from observer.receivers import Admission, IntakeCounts
@@ -284,7 +284,7 @@ async def serve_observer(config_path: Path, otlp_listen: str) -> None:
     async def consume(batch: Any, spans: int, peer: str | None) -> Admission:
         return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
 
-    receiver = OtlpGrpcReceiver(otlp_listen, consume, IntakeCounts())
+    receiver = OtlpGrpcReceiver(otlp_listen, consume, IntakeCounts(), decoders=DECODERS)
     telemetry = TelemetryServer(registry, config.telemetry.listen)
     await telemetry.start()
     await pipeline.start()

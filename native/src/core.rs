@@ -12,7 +12,7 @@ use crate::assemble::{Assembler, AssemblyCounts, BoundsReport};
 use crate::decode::decode_request;
 use crate::encode;
 use crate::graph::{edges_of, find_calls, GraphMetrics, GraphSnapshot};
-use crate::model::{hex, Edge, Trace};
+use crate::model::{hex, Edge, Span, Trace};
 use crate::reconstruct::reconstruct;
 use crate::sample::Sampler;
 
@@ -124,11 +124,17 @@ impl TraceCore {
     /// Take an OTLP `ExportTraceServiceRequest`; Err when the bytes are not one.
     pub fn add(&mut self, request: &[u8], now: f64) -> Result<Added, prost::DecodeError> {
         let decoded = decode_request(request)?;
-        let forced = self.assembler.add(decoded.spans, now);
         Ok(Added {
             rejected: decoded.rejected,
-            traces: self.process(forced),
+            traces: self.add_spans(decoded.spans, now),
         })
+    }
+
+    /// Take spans decoded already (`decode::decode_request`): the kept traces the
+    /// assembler's bounds forced out.
+    pub fn add_spans(&mut self, spans: Vec<Span>, now: f64) -> Vec<EncodedTrace> {
+        let forced = self.assembler.add(spans, now);
+        self.process(forced)
     }
 
     /// Up to `limit` traces due now, processed: how many, and the kept ones encoded

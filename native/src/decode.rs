@@ -37,14 +37,44 @@ const SMALL_ATTRIBUTES: usize = 32;
 pub struct Decoded {
     pub spans: Vec<Span>,
     pub rejected: Vec<(&'static str, u64)>,
+    /// What was wrong with the first span refused, for the sender (OTLP's
+    /// `partial_success.error_message`), in the words of `observer.protocols.otlp`.
+    pub first_problem: Option<String>,
 }
 
 impl Decoded {
-    fn reject(&mut self, reason: &'static str) {
+    fn reject(&mut self, reason: &'static str, raw: &otlp::Span) {
         match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, count)) => *count += 1,
             None => self.rejected.push((reason, 1)),
         }
+        if self.first_problem.is_none() {
+            self.first_problem = Some(id_problem(raw));
+        }
+    }
+
+    /// How many spans were refused.
+    pub fn rejected_spans(&self) -> u64 {
+        self.rejected.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// Why a span's ids are invalid (`_id_problem` in observer/protocols/otlp.py).
+fn id_problem(raw: &otlp::Span) -> String {
+    let (trace_id, span_id, parent) = (&raw.trace_id, &raw.span_id, &raw.parent_span_id);
+    if trace_id.len() != 16 {
+        format!("trace_id must be 16 bytes, got {}", trace_id.len())
+    } else if is_zero(trace_id) {
+        "trace_id must not be all zeros".to_owned()
+    } else if span_id.len() != 8 {
+        format!("span_id must be 8 bytes, got {}", span_id.len())
+    } else if is_zero(span_id) {
+        "span_id must not be all zeros".to_owned()
+    } else {
+        format!(
+            "parent_span_id must be empty or 8 bytes, got {}",
+            parent.len()
+        )
     }
 }
 
@@ -114,11 +144,11 @@ fn span(
     result: &mut Decoded,
 ) -> Option<Span> {
     let Some(trace_id) = valid_id::<TraceId>(&raw.trace_id) else {
-        result.reject("invalid_trace_id");
+        result.reject("invalid_trace_id", &raw);
         return None;
     };
     let Some(span_id) = valid_id::<SpanId>(&raw.span_id) else {
-        result.reject("invalid_span_id");
+        result.reject("invalid_span_id", &raw);
         return None;
     };
     // Only an empty or an 8-byte all-zero parent is a root: 4 zero bytes are invalid.
@@ -127,7 +157,7 @@ fn span(
     } else if let Ok(parent) = SpanId::try_from(raw.parent_span_id.as_slice()) {
         Some(parent)
     } else {
-        result.reject("invalid_parent_span_id");
+        result.reject("invalid_parent_span_id", &raw);
         return None;
     };
     let mut span_attributes = attributes(raw.attributes);

@@ -7,7 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::{EncodedTrace, Settings, TraceCore};
+use crate::decode::decode_request;
 use crate::graph::HistogramSnapshot;
+use crate::model::Span;
 
 /// Spans refused at decoding, by reason ("invalid_span_id", …).
 type RejectedSpans = Vec<(&'static str, u64)>;
@@ -118,6 +120,35 @@ impl PyEncodedTrace {
     }
 }
 
+/// The valid spans of one OTLP request, decoded by `decode_spans`, until a core takes
+/// them (`TraceCore.add_decoded`); with how many were refused for invalid ids and why the
+/// first was, for the receiver's answer.
+#[pyclass(module = "observer.collector._core", name = "DecodedSpans")]
+pub struct PyDecodedSpans {
+    spans: Option<Vec<Span>>,
+    #[pyo3(get)]
+    span_count: usize,
+    #[pyo3(get)]
+    rejected: u64,
+    #[pyo3(get)]
+    reason: String,
+}
+
+/// An OTLP `ExportTraceServiceRequest`'s bytes decoded, spans with invalid ids refused
+/// one by one; ValueError when the bytes are not a request.
+#[pyfunction]
+fn decode_spans(py: Python<'_>, request: &[u8]) -> PyResult<PyDecodedSpans> {
+    let decoded = py
+        .allow_threads(|| decode_request(request))
+        .map_err(|error| PyValueError::new_err(error.to_string()))?;
+    Ok(PyDecodedSpans {
+        span_count: decoded.spans.len(),
+        rejected: decoded.rejected_spans(),
+        reason: decoded.first_problem.unwrap_or_default(),
+        spans: Some(decoded.spans),
+    })
+}
+
 /// Every (service, operation, kind) of these traces once, with the latest start of a
 /// trace it is in, sorted: the rows of the embedded store's operation list, made without a
 /// Python object per span name.
@@ -212,6 +243,24 @@ impl PyTraceCore {
             .allow_threads(|| core.add(request, now))
             .map_err(|error| PyValueError::new_err(error.to_string()))?;
         Ok((added.rejected, to_list(py, added.traces)?))
+    }
+
+    /// Take spans decoded by `decode_spans` (once: ValueError if taken before). Returns
+    /// the kept traces the assembly bounds forced out.
+    fn add_decoded(
+        &mut self,
+        py: Python<'_>,
+        decoded: &Bound<'_, PyDecodedSpans>,
+        now: f64,
+    ) -> PyResult<Vec<Py<PyEncodedTrace>>> {
+        let spans = decoded
+            .borrow_mut()
+            .spans
+            .take()
+            .ok_or_else(|| PyValueError::new_err("these spans were added to a core already"))?;
+        let core = &mut self.core;
+        let traces = py.allow_threads(|| core.add_spans(spans, now));
+        to_list(py, traces)
     }
 
     /// Up to `limit` traces due now, processed: how many (fewer than `limit` when none
@@ -339,6 +388,8 @@ fn unpack_record<'py>(py: Python<'py>, packed: &[u8]) -> PyResult<Bound<'py, PyB
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyTraceCore>()?;
     module.add_class::<PyEncodedTrace>()?;
+    module.add_class::<PyDecodedSpans>()?;
+    module.add_function(wrap_pyfunction!(decode_spans, module)?)?;
     module.add_function(wrap_pyfunction!(pack_record, module)?)?;
     module.add_function(wrap_pyfunction!(unpack_record, module)?)?;
     module.add_function(wrap_pyfunction!(operations_of, module)?)?;

@@ -30,6 +30,18 @@ class EncodedTrace:
     services: list[tuple[str, int, int, int]]
     operations: list[tuple[str, str, str]]
 
+class DecodedSpans:
+    """An OTLP request's valid spans, held by the core until `TraceCore.add_decoded`."""
+
+    span_count: int
+    rejected: int
+    """Spans refused for invalid ids."""
+    reason: str
+    """Why the first refused span was ('' when none was)."""
+
+def decode_spans(request: bytes) -> DecodedSpans:
+    """ValueError when `request` is not an ExportTraceServiceRequest."""
+
 _Histogram = tuple[list[float], list[tuple[list[str], list[int], float]]]
 
 class TraceCore:
@@ -53,6 +65,7 @@ class TraceCore:
     def add(
         self, request: bytes, now: float
     ) -> tuple[list[tuple[str, int]], list[EncodedTrace]]: ...
+    def add_decoded(self, decoded: DecodedSpans, now: float) -> list[EncodedTrace]: ...
     def expire(self, now: float, limit: int) -> tuple[int, list[EncodedTrace]]: ...
     def drain(self, now: float) -> list[EncodedTrace]: ...
     @property

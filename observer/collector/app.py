@@ -1,8 +1,8 @@
 """The collector, wired: receivers → trace pipeline → trace store → query API.
 
 ```
- agents ─ OTLP/gRPC :4317 ┐                              TracePipeline (pipeline.py)
- others ─ OTLP/HTTP :4318 ┴─► consume ─ accept(batch) ─►  TraceCore (native/): decode →
+ agents ─ OTLP/gRPC :4317 ┐  decode     consume            TracePipeline (pipeline.py)
+ others ─ OTLP/HTTP :4318 ┴─ (core) ─► accept(batch) ─►  TraceCore (native/):
                                FULL → RESOURCE_EXHAUSTED    assemble → reconstruct → graph
                                / 429 (the sender retries)   → sample → encode
                                                                                  │ TraceStore.write
@@ -33,10 +33,9 @@ import signal
 import sqlite3
 from typing import Any
 
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from prometheus_client import CollectorRegistry
 
-from observer.collector.pipeline import TracePipeline
+from observer.collector.pipeline import DECODERS, SpanBatch, TracePipeline
 from observer.collector.query import QueryServer
 from observer.collector.store import TraceStore, keep_retention, open_store
 from observer.config import CollectorConfig, CollectorReceivers
@@ -57,11 +56,11 @@ class CollectorError(Exception):
     trace pipeline failed); already logged, the message says why."""
 
 
-Receiver = OtlpGrpcReceiver | HttpSpanReceiver
+Receiver = OtlpGrpcReceiver[SpanBatch] | HttpSpanReceiver[SpanBatch]
 
 
 def build_receivers(
-    settings: CollectorReceivers, consume: SpanConsumer, counts: IntakeCounts
+    settings: CollectorReceivers, consume: SpanConsumer[SpanBatch], counts: IntakeCounts
 ) -> list[Receiver]:
     receivers: list[Receiver] = []
     limit = settings.max_concurrent_requests
@@ -74,6 +73,7 @@ def build_receivers(
                 settings.otlp_grpc.max_request_bytes,
                 limit,
                 tls=settings.otlp_grpc.tls,
+                decoders=DECODERS,
             )
         )
     if settings.otlp_http.enabled:
@@ -87,6 +87,7 @@ def build_receivers(
                 max_request_bytes=settings.otlp_http.max_request_bytes,
                 tls=settings.otlp_http.tls,
                 max_concurrent_requests=limit,
+                decoders=DECODERS,
             )
         )
     return receivers
@@ -119,7 +120,7 @@ async def run(
     registry.register(IntakeMetrics(intake))
     stopping = False
 
-    async def consume(batch: list[ResourceSpans], spans: int, peer: str | None) -> Admission:
+    async def consume(batch: SpanBatch, spans: int, peer: str | None) -> Admission:
         if stopping:
             return Admission.UNAVAILABLE
         return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL

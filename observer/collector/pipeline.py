@@ -1,9 +1,9 @@
 """The collector's trace path: receivers → bounded queue → the trace core → a TraceStore.
 
 ```
- receivers ─ accept(batch) ─► bounded queue ─► worker task:
-   (False when full:           (spans)          TraceCore.add(request bytes)    native/src
-    answer retryably)                             decode → assemble             decode.rs, assemble.rs
+ receivers: decode ─ accept(batch) ─► bounded queue ─► worker task:
+ (DECODERS: the core     (False when full:  (spans)    TraceCore.add_decoded       native/src
+  decodes OTLP protobuf)  answer retryably)              assemble                  assemble.rs
                                                 TraceCore.expire (when quiet)
                                                   reconstruct → graph, RED      reconstruct.rs, graph.rs
                                                   → sample → encode             sample.rs, encode.rs
@@ -11,15 +11,18 @@
 ```
 
 The trace core (`observer.collector._core`, built from `native/`) does the per-span work
-in Rust: Python handles one object per batch and per kept trace, never one per span,
-which is what lets one collector core keep up with many nodes. `native/src/core.rs` says
+in Rust, from decoding (decode.rs) on: Python handles one object per batch and per kept
+trace, never one per span, which is what lets one collector core keep up with many nodes.
+The receivers decode OTLP protobuf with the core (`DECODERS`), so that a request's spans
+are decoded once and invalid ids are answered for exactly; OTLP/JSON and Zipkin arrive as
+OTLP messages and are decoded by the core in the worker. `native/src/core.rs` says
 how its stages chain; this module feeds it, paces it and writes what it keeps.
 
 `accept` never blocks: the queue is bounded by spans (`assembly.max_queued_spans`) and a
 batch that does not fit is refused, so the receiver answers the protocol's retryable
 "slow down" and the sender keeps the spans. The one worker task owns the core; traces are
-emitted when they go quiet (checked after every batch and every `CHECK_INTERVAL` when
-idle), `WRITE_CHUNK` at a time, and every emitted trace is counted into the service graph
+emitted when they go quiet (checked after a batch at most every `CHECK_INTERVAL`, and on
+a timer that wakes an idle worker as often), `WRITE_CHUNK` at a time, and every emitted trace is counted into the service graph
 and RED metrics, sampled or not. A slow store makes the worker wait, the queue fill, and
 receivers push back.
 
@@ -43,10 +46,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from observer.collector._core import EncodedTrace, TraceCore
+from observer.collector._core import DecodedSpans, EncodedTrace, TraceCore, decode_spans
 from observer.collector.graph import GraphMetrics
 from observer.config import CollectorConfig
-from observer.protocols.otlp import EncodedBatch, count_spans, frame_resource_spans
+from observer.protocols import otlp, zipkin
+from observer.protocols.otlp import (
+    Checked,
+    EncodedBatch,
+    PayloadError,
+    count_spans,
+    frame_resource_spans,
+)
+from observer.receivers import Decoders
 from observer.telemetry import metric_name
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,29 @@ CHECK_INTERVAL = 0.25
 # Traces emitted and written at a time. A burst of traffic goes quiet all at once; in
 # slices, what the store builds for one write stays small and receivers are served between.
 WRITE_CHUNK = 256
+# The worker's queue item that carries no batch: look for traces due now.
+_CHECK_DUE = (None, 0)
+
+
+SpanBatch = DecodedSpans | list[ResourceSpans]
+"""What the pipeline takes: an OTLP protobuf request decoded by the core, or spans as
+OTLP messages (OTLP/JSON and Zipkin requests)."""
+
+
+def decode_request(body: bytes) -> Checked[DecodedSpans]:
+    """An OTLP protobuf request decoded by the trace core: no Python object per span or
+    message, and the ids checked as `otlp.check_ids` checks them."""
+    try:
+        decoded = decode_spans(body)
+    except ValueError as error:
+        raise PayloadError(f"not a protobuf ExportTraceServiceRequest: {error}") from None
+    return Checked(decoded, decoded.span_count, decoded.rejected, decoded.reason)
+
+
+DECODERS: Decoders[SpanBatch] = Decoders(
+    decode_request, otlp.decode_checked_json, zipkin.decode_json, zipkin.decode_protobuf
+)
+"""The collector's receivers' decoders."""
 
 
 def request_bytes(batch: Sequence[ResourceSpans]) -> bytes:
@@ -106,10 +140,11 @@ class TracePipeline:
         self.max_queued_spans = config.assembly.max_queued_spans
         self._clock = clock
         self._write = write
-        self._queue: asyncio.Queue[tuple[list[ResourceSpans], int]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[SpanBatch | None, int]] = asyncio.Queue()
         self.queued_spans = 0
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
+        self._wake: asyncio.TimerHandle | None = None
         self.counts = PipelineCounts()
         if registry is not None:
             registry.register(PipelineMetrics(self))
@@ -117,10 +152,15 @@ class TracePipeline:
 
     # --- the receivers' side ----------------------------------------------------------
 
-    def accept(self, batch: list[ResourceSpans], span_count: int | None = None) -> bool:
+    def accept(self, batch: SpanBatch, span_count: int | None = None) -> bool:
         """Queue a batch for assembly; False when the queue is full (or closing), and the
         caller should answer retryably. `span_count` saves counting when known."""
-        spans = count_spans(batch) if span_count is None else span_count
+        if span_count is not None:
+            spans = span_count
+        elif isinstance(batch, DecodedSpans):
+            spans = batch.span_count
+        else:
+            spans = count_spans(batch)
         if self._closing or (
             self.queued_spans and self.queued_spans + spans > self.max_queued_spans
         ):
@@ -144,26 +184,36 @@ class TracePipeline:
         """Refuse new batches, assemble and write everything accepted, then end."""
         self._closing = True
         if self._worker is not None:
-            self._queue.put_nowait(([], 0))  # wakes the worker; it drains and ends
+            self._queue.put_nowait(_CHECK_DUE)  # wakes the worker; it drains and ends
             await self._worker
             self._worker = None
 
     async def _run(self) -> None:
+        # An idle worker is woken by a timer's marker in the queue rather than by a timeout
+        # on every get: asyncio.wait_for makes a task and a timer for each batch.
+        self._wake_if_idle(asyncio.get_running_loop())
         next_check = 0.0
-        while True:
-            try:
-                batch, spans = await asyncio.wait_for(self._queue.get(), CHECK_INTERVAL)
-            except TimeoutError:
-                await self.flush_due()
-                continue
-            await self._process(batch, spans)
-            if self._closing and self._queue.empty():
-                await self.drain()
-                return
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + CHECK_INTERVAL
-                await self.flush_due()
+        try:
+            while True:
+                batch, spans = await self._queue.get()
+                if batch is not None:
+                    await self._process(batch, spans)
+                if self._closing and self._queue.empty():
+                    await self.drain()
+                    return
+                now = time.monotonic()
+                if now >= next_check or batch is None:
+                    next_check = now + CHECK_INTERVAL
+                    await self.flush_due()
+        finally:
+            if self._wake is not None:
+                self._wake.cancel()
+
+    def _wake_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every CHECK_INTERVAL, wake the worker if nothing else will."""
+        self._wake = loop.call_later(CHECK_INTERVAL, self._wake_if_idle, loop)
+        if self._queue.empty():
+            self._queue.put_nowait(_CHECK_DUE)
 
     # --- the work ---------------------------------------------------------------------
 
@@ -171,13 +221,22 @@ class TracePipeline:
         """Assemble every batch queued now, without waiting for more (for tests and tools
         that drive the pipeline without its worker)."""
         while not self._queue.empty():
-            await self._process(*self._queue.get_nowait())
+            batch, spans = self._queue.get_nowait()
+            if batch is not None:
+                await self._process(batch, spans)
 
-    async def _process(self, batch: list[ResourceSpans], spans: int) -> None:
+    async def _process(self, batch: SpanBatch, spans: int) -> None:
+        rejected = 0
         try:
-            # Receivers keep the bytes a batch was decoded from when it is unchanged.
-            request = batch.encoded if isinstance(batch, EncodedBatch) else request_bytes(batch)
-            rejected, forced = self.core.add(request, self._clock())
+            if isinstance(batch, DecodedSpans):
+                # A receiver refused and answered for the invalid spans of this one.
+                decoded = batch
+            else:
+                # Kept bytes when the messages are unchanged since decoding.
+                request = batch.encoded if isinstance(batch, EncodedBatch) else request_bytes(batch)
+                decoded = decode_spans(request)
+                rejected = decoded.rejected
+            forced = self.core.add_decoded(decoded, self._clock())
         except Exception:
             # A decoder bug must not stop the collector: the batch is lost, said and counted.
             log.exception("A span batch could not be unpacked; its spans are dropped.")
@@ -186,8 +245,11 @@ class TracePipeline:
         finally:
             self.queued_spans -= spans
         if rejected:
-            self.counts.spans_rejected.update(dict(rejected))
-            log.warning("Spans with invalid ids were dropped.", extra={"rejected": dict(rejected)})
+            self.counts.spans_rejected["invalid_id"] += rejected
+            log.warning(
+                "Spans with invalid ids were dropped.",
+                extra={"rejected": rejected, "reason": decoded.reason},
+            )
         await self._store(forced)
 
     async def flush_due(self) -> None:

@@ -73,7 +73,7 @@ class _SpanError(ValueError):
 # --- the two encodings, read into one neutral shape --------------------------------------
 
 
-def decode_json(body: bytes) -> Checked:
+def decode_json(body: bytes) -> Checked[list[ResourceSpans]]:
     """Zipkin v2 JSON (`application/json`): a list of span objects."""
     try:
         tree = orjson.loads(body)
@@ -84,7 +84,7 @@ def decode_json(body: bytes) -> Checked:
     return _convert(tree, _json_span)
 
 
-def decode_protobuf(body: bytes) -> Checked:
+def decode_protobuf(body: bytes) -> Checked[list[ResourceSpans]]:
     """Zipkin v2 protobuf (`application/x-protobuf`): a `zipkin.proto3.ListOfSpans`."""
     try:
         message = ListOfSpans.FromString(body)
@@ -163,7 +163,9 @@ def _span_id(value: Any, field: str) -> bytes:
 # --- conversion --------------------------------------------------------------------------
 
 
-def _convert(items: Iterable[Any], read: Callable[[Any], dict[str, Any]]) -> Checked:
+def _convert(
+    items: Iterable[Any], read: Callable[[Any], dict[str, Any]]
+) -> Checked[list[ResourceSpans]]:
     """Spans grouped into one ResourceSpans per local service and one ScopeSpans per scope."""
     resources: dict[str, ResourceSpans] = {}
     scopes: dict[tuple[str, str, str], ScopeSpans] = {}

@@ -1,9 +1,14 @@
 """Span receivers, shared by both deployables: OTLP/gRPC, OTLP/HTTP and Zipkin v2.
 
-A receiver decodes a request into the internal batch (OTLP `ResourceSpans`, see
-`observer.protocols`), drops the spans with invalid ids, and hands the rest to a
-`SpanConsumer` with the sender's address. The consumer takes ownership of the batch when
-it answers ACCEPTED; FULL or UNAVAILABLE become the protocol's retryable answer.
+A receiver decodes a request into a batch with its `Decoders`, drops the spans with
+invalid ids, and hands the rest to a `SpanConsumer` with the sender's address. The
+consumer takes ownership of the batch when it answers ACCEPTED; FULL or UNAVAILABLE become
+the protocol's retryable answer.
+
+The default decoders (`MESSAGES`) make OTLP `ResourceSpans` messages, which the agent
+enriches and routes (see `observer.protocols`). The collector decodes OTLP protobuf into
+its trace core's own spans instead (`observer.collector.intake`): a receiver only passes
+batches on, so it is generic in their type.
 
 Answers, per the OTLP specification (opentelemetry-proto `docs/specification.md`) and
 Zipkin's API:
@@ -29,11 +34,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from observer.protocols import otlp, zipkin
+from observer.protocols.otlp import Decode
 from observer.telemetry import metric_name
 
 log = logging.getLogger(__name__)
@@ -53,10 +62,32 @@ class Admission(enum.Enum):
     UNAVAILABLE)."""
 
 
-SpanConsumer = Callable[[list[ResourceSpans], int, str | None], Awaitable[Admission]]
-"""`consume(resource_spans, span_count, peer_ip)`: the receivers' one hand-off. OTLP
-protobuf requests arrive as an `otlp.EncodedBatch`, which also holds the request's bytes,
-so spans can be passed on without being encoded again."""
+Batch = TypeVar("Batch")
+
+SpanConsumer = Callable[[Batch, int, str | None], Awaitable[Admission]]
+"""`consume(batch, span_count, peer_ip)`: the receivers' one hand-off. With the default
+decoders, OTLP protobuf requests arrive as an `otlp.EncodedBatch`, which also holds the
+request's bytes, so spans can be passed on without being encoded again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoders(Generic[Batch]):
+    """How request bodies become batches, by protocol and encoding (each raises
+    `PayloadError` for a body that does not decode)."""
+
+    otlp_protobuf: Decode[Batch]
+    otlp_json: Decode[Batch]
+    zipkin_json: Decode[Batch]
+    zipkin_protobuf: Decode[Batch]
+
+
+MESSAGES: Decoders[list[ResourceSpans]] = Decoders(
+    otlp.decode_checked_protobuf,
+    otlp.decode_checked_json,
+    zipkin.decode_json,
+    zipkin.decode_protobuf,
+)
+"""Decoding into OTLP `ResourceSpans` messages."""
 
 
 class Refusal(enum.StrEnum):

@@ -19,17 +19,22 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Generic, overload
 
 from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from observer.config import ServerTlsConfig
-from observer.protocols import otlp, zipkin
-from observer.protocols.otlp import Checked, PayloadError
+from observer.protocols import otlp
+from observer.protocols.otlp import Checked, Decode, PayloadError
 from observer.receivers import (
+    MESSAGES,
     RETRY_AFTER_SECONDS,
     Admission,
+    Batch,
+    Decoders,
     IntakeCounts,
     Refusal,
     SpanConsumer,
@@ -57,23 +62,15 @@ class _RefusedError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Route:
+class _Route(Generic[Batch]):
     receiver: str
-    decoders: dict[str, Callable[[bytes], Checked]]
+    decoders: dict[str, Decode[Batch]]
     success_status: int
-    encode_success: Callable[[Checked, str], bytes]
+    encode_success: Callable[[Checked[object], str], bytes]
     encode_error: Callable[[str, str], tuple[bytes, str]]
 
 
-def _otlp_protobuf(body: bytes) -> Checked:
-    return otlp.check_ids(otlp.decode_protobuf(body).resource_spans, encoded=body)
-
-
-def _otlp_json(body: bytes) -> Checked:
-    return otlp.check_ids(otlp.decode_json(body).resource_spans)
-
-
-def _otlp_success(checked: Checked, content_type: str) -> bytes:
+def _otlp_success(checked: Checked[object], content_type: str) -> bytes:
     answer = otlp.response(checked.rejected, checked.reason)
     return otlp.response_json(answer) if content_type == JSON else answer.SerializeToString()
 
@@ -92,37 +89,75 @@ def _zipkin_error(message: str, content_type: str) -> tuple[bytes, str]:
     return message.encode(), "text/plain"
 
 
-OTLP_ROUTE = _Route(
-    "otlp_http",
-    {PROTOBUF: _otlp_protobuf, JSON: _otlp_json},
-    200,
-    _otlp_success,
-    _otlp_error,
-)
-ZIPKIN_ROUTE = _Route(
-    "zipkin",
-    # Zipkin reporters that send JSON sometimes leave the content type out; JSON is the
-    # Zipkin server's default too.
-    {JSON: zipkin.decode_json, PROTOBUF: zipkin.decode_protobuf, "": zipkin.decode_json},
-    202,
-    lambda checked, content_type: b"",
-    _zipkin_error,
-)
+def _otlp_route(decoders: Decoders[Batch]) -> _Route[Batch]:
+    return _Route(
+        "otlp_http",
+        {PROTOBUF: decoders.otlp_protobuf, JSON: decoders.otlp_json},
+        200,
+        _otlp_success,
+        _otlp_error,
+    )
 
 
-class HttpSpanReceiver:
+def _zipkin_route(decoders: Decoders[Batch]) -> _Route[Batch]:
+    return _Route(
+        "zipkin",
+        # Zipkin reporters that send JSON sometimes leave the content type out; JSON is the
+        # Zipkin server's default too.
+        {
+            JSON: decoders.zipkin_json,
+            PROTOBUF: decoders.zipkin_protobuf,
+            "": decoders.zipkin_json,
+        },
+        202,
+        lambda checked, content_type: b"",
+        _zipkin_error,
+    )
+
+
+class HttpSpanReceiver(Generic[Batch]):
     """An aiohttp server receiving spans on the given routes (OTLP/HTTP, Zipkin, or both)."""
+
+    @overload
+    def __init__(
+        self: HttpSpanReceiver[list[ResourceSpans]],
+        listen: str,
+        consume: SpanConsumer[list[ResourceSpans]],
+        counts: IntakeCounts,
+        otlp_routes: bool,
+        zipkin_routes: bool,
+        max_request_bytes: int = ...,
+        max_concurrent_requests: int = ...,
+        tls: ServerTlsConfig | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        listen: str,
+        consume: SpanConsumer[Batch],
+        counts: IntakeCounts,
+        otlp_routes: bool,
+        zipkin_routes: bool,
+        max_request_bytes: int = ...,
+        max_concurrent_requests: int = ...,
+        tls: ServerTlsConfig | None = ...,
+        *,
+        decoders: Decoders[Batch],
+    ) -> None: ...
 
     def __init__(
         self,
         listen: str,
-        consume: SpanConsumer,
+        consume: SpanConsumer[Any],
         counts: IntakeCounts,
         otlp_routes: bool,
         zipkin_routes: bool,
         max_request_bytes: int = 20 << 20,
         max_concurrent_requests: int = 64,
         tls: ServerTlsConfig | None = None,
+        *,
+        decoders: Decoders[Any] = MESSAGES,
     ) -> None:
         self.listen = listen
         self.consume = consume
@@ -132,11 +167,11 @@ class HttpSpanReceiver:
         self.tls = tls
         self.host, _, port = listen.rpartition(":")
         self.port = int(port)
-        self.routes: dict[str, _Route] = {}
+        self.routes: dict[str, _Route[Any]] = {}
         if otlp_routes:
-            self.routes[OTLP_PATH] = OTLP_ROUTE
+            self.routes[OTLP_PATH] = _otlp_route(decoders)
         if zipkin_routes:
-            self.routes[ZIPKIN_PATH] = ZIPKIN_ROUTE
+            self.routes[ZIPKIN_PATH] = _zipkin_route(decoders)
         self._active = 0
         self._runner: web.AppRunner | None = None
 
@@ -172,7 +207,7 @@ class HttpSpanReceiver:
             await self._runner.cleanup()
             self._runner = None
 
-    def _handler(self, route: _Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _handler(self, route: _Route[Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             content_type = request.content_type if "Content-Type" in request.headers else ""
             peer = request.remote
@@ -198,7 +233,7 @@ class HttpSpanReceiver:
         return handle
 
     async def _receive(
-        self, route: _Route, request: web.Request, content_type: str, peer: str | None
+        self, route: _Route[Any], request: web.Request, content_type: str, peer: str | None
     ) -> web.Response:
         decode = route.decoders.get(content_type)
         if decode is None:
@@ -218,7 +253,7 @@ class HttpSpanReceiver:
                 route.receiver, Refusal.INVALID_ID, checked.rejected, checked.reason, peer
             )
         if checked.spans:
-            admission = await self.consume(checked.resource_spans, checked.spans, peer)
+            admission = await self.consume(checked.batch, checked.spans, peer)
             if admission is Admission.FULL:
                 self.counts.refused(route.receiver, Refusal.QUEUE_FULL, checked.spans, "", peer)
                 return self._overloaded(
@@ -283,7 +318,7 @@ class HttpSpanReceiver:
 
     def _refuse(
         self,
-        route: _Route,
+        route: _Route[Any],
         content_type: str,
         peer: str | None,
         status: int,
@@ -297,7 +332,7 @@ class HttpSpanReceiver:
         return web.Response(status=status, body=body, content_type=body_type)
 
     def _overloaded(
-        self, route: _Route, content_type: str, status: int, message: str
+        self, route: _Route[Any], content_type: str, status: int, message: str
     ) -> web.Response:
         body, body_type = route.encode_error(message, content_type)
         return web.Response(

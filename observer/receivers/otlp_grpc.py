@@ -14,18 +14,23 @@ RESOURCE_EXHAUSTED retryable for OTLP clients (OTLP spec, "OTLP/gRPC Throttling"
 from __future__ import annotations
 
 import logging
+from typing import Any, Generic, overload
 from urllib.parse import unquote
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from observer.config import ServerTlsConfig
 from observer.protocols import otlp
 from observer.receivers import (
+    MESSAGES,
     RETRY_AFTER_SECONDS,
     Admission,
+    Batch,
+    Decoders,
     IntakeCounts,
     Refusal,
     SpanConsumer,
@@ -38,18 +43,45 @@ RECEIVER = "otlp_grpc"
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
-class OtlpGrpcReceiver:
+class OtlpGrpcReceiver(Generic[Batch]):
+    @overload
+    def __init__(
+        self: OtlpGrpcReceiver[list[ResourceSpans]],
+        listen: str,
+        consume: SpanConsumer[list[ResourceSpans]],
+        counts: IntakeCounts,
+        max_request_bytes: int = ...,
+        max_concurrent_requests: int = ...,
+        tls: ServerTlsConfig | None = ...,
+    ) -> None: ...
+
+    @overload
     def __init__(
         self,
         listen: str,
-        consume: SpanConsumer,
+        consume: SpanConsumer[Batch],
+        counts: IntakeCounts,
+        max_request_bytes: int = ...,
+        max_concurrent_requests: int = ...,
+        tls: ServerTlsConfig | None = ...,
+        *,
+        decoders: Decoders[Batch],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        listen: str,
+        consume: SpanConsumer[Any],
         counts: IntakeCounts,
         max_request_bytes: int = 20 << 20,
         max_concurrent_requests: int = 64,
         tls: ServerTlsConfig | None = None,
+        *,
+        decoders: Decoders[Any] = MESSAGES,
     ) -> None:
         self.listen = listen
         self.consume = consume
+        self.decode = decoders.otlp_protobuf
         self.counts = counts
         self.max_request_bytes = max_request_bytes
         self.max_concurrent_requests = max_concurrent_requests
@@ -112,17 +144,16 @@ class OtlpGrpcReceiver:
         self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes], peer: str | None
     ) -> bytes:
         try:
-            request = otlp.decode_protobuf(body)
+            checked = self.decode(body)
         except otlp.PayloadError as error:
             self.counts.refused(RECEIVER, Refusal.BAD_PAYLOAD, None, str(error), peer)
             return _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), retry=False)
-        checked = otlp.check_ids(request.resource_spans, encoded=body)
         if checked.rejected:
             self.counts.refused(
                 RECEIVER, Refusal.INVALID_ID, checked.rejected, checked.reason, peer
             )
         if checked.spans:
-            admission = await self.consume(checked.resource_spans, checked.spans, peer)
+            admission = await self.consume(checked.batch, checked.spans, peer)
             if admission is not Admission.ACCEPTED:
                 reason = Refusal(admission.value)
                 self.counts.refused(RECEIVER, reason, checked.spans, "", peer)

@@ -18,33 +18,40 @@ from observer.receivers import Admission
 
 @dataclass
 class Recorder:
-    """A SpanConsumer that keeps what it is given and answers `admission`."""
+    """A SpanConsumer that keeps what it is given and answers `admission`. Batches of
+    OTLP messages are copied; others (the collector's decoded spans) kept as they are."""
 
     admission: Admission = Admission.ACCEPTED
-    batches: list[tuple[list[ResourceSpans], int, str | None]] = field(default_factory=list)
+    batches: list[tuple[Any, int, str | None]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __call__(
-        self, resource_spans: list[ResourceSpans], spans: int, peer: str | None
-    ) -> Admission:
+    async def __call__(self, batch: Any, spans: int, peer: str | None) -> Admission:
         if self.admission is Admission.ACCEPTED:
-            copies = []
-            for resource in resource_spans:
-                copy = ResourceSpans()
-                copy.CopyFrom(resource)
-                copies.append(copy)
-            self.batches.append((copies, spans, peer))
+            if isinstance(batch, list):
+                copies = []
+                for resource in batch:
+                    copy = ResourceSpans()
+                    copy.CopyFrom(resource)
+                    copies.append(copy)
+                batch = copies
+            self.batches.append((batch, spans, peer))
             self.arrived.set()
         return self.admission
 
     def spans(self) -> list[tuple[ResourceSpans, Span]]:
+        """The spans of the batches of OTLP messages."""
         return [
             (resource, span)
             for batch, _, _ in self.batches
+            if isinstance(batch, list)
             for resource in batch
             for scope in resource.scope_spans
             for span in scope.spans
         ]
+
+    def span_count(self) -> int:
+        """Spans handed over, as the receiver counted them."""
+        return sum(spans for _, spans, _ in self.batches)
 
     async def wait_for(self, count: int, within: float = 15.0) -> None:
         async with asyncio.timeout(within):

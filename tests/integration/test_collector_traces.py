@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from prometheus_client import CollectorRegistry
 
 from observer.collector.model import Completeness, Span, SpanKind, StatusCode, Trace
-from observer.collector.pipeline import TracePipeline
+from observer.collector.pipeline import DECODERS, SpanBatch, TracePipeline
 from observer.collector.store import Dependency, TraceQuery
 from observer.collector.store.sqlite import SqliteTraceStore
 from observer.config import CollectorConfig, parse
@@ -50,10 +49,11 @@ async def outcome(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Out
     )
     pipeline = TracePipeline(config, store.write, registry=registry)
 
-    async def consume(batch: list[ResourceSpans], spans: int, peer: str | None) -> Admission:
+    async def consume(batch: SpanBatch, spans: int, peer: str | None) -> Admission:
         return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
 
-    receiver = OtlpGrpcReceiver("127.0.0.1:0", consume, IntakeCounts())
+    # Decoding as the collector's receivers do: by the trace core.
+    receiver = OtlpGrpcReceiver("127.0.0.1:0", consume, IntakeCounts(), decoders=DECODERS)
     await receiver.start()
     await pipeline.start()
     shop = None

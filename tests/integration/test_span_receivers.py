@@ -26,8 +26,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from observer.collector.pipeline import DECODERS
 from observer.protocols import otlp
-from observer.receivers import Admission, IntakeCounts
+from observer.receivers import MESSAGES, Admission, Decoders, IntakeCounts
 from observer.receivers.http import HttpSpanReceiver
 from observer.receivers.otlp_grpc import OtlpGrpcReceiver
 from tests.integration.span_support import Recorder, assert_same_span, sdk_spans
@@ -48,9 +49,21 @@ def counts() -> IntakeCounts:
 
 
 @pytest.fixture
+def decoders(request: pytest.FixtureRequest) -> Decoders[Any]:
+    """The agent's decoders (OTLP messages) unless a test asks for the collector's too
+    (`BOTH_DECODERS`): the collector's receivers must answer as the agent's do."""
+    return getattr(request, "param", MESSAGES)
+
+
+BOTH_DECODERS = pytest.mark.parametrize(
+    "decoders", [MESSAGES, DECODERS], indirect=True, ids=["messages", "collector"]
+)
+
+
+@pytest.fixture
 async def http_receiver(
-    recorder: Recorder, counts: IntakeCounts
-) -> AsyncIterator[HttpSpanReceiver]:
+    recorder: Recorder, counts: IntakeCounts, decoders: Decoders[Any]
+) -> AsyncIterator[HttpSpanReceiver[Any]]:
     receiver = HttpSpanReceiver(
         "127.0.0.1:0",
         recorder,
@@ -58,6 +71,7 @@ async def http_receiver(
         otlp_routes=True,
         zipkin_routes=True,
         max_request_bytes=LIMIT,
+        decoders=decoders,
     )
     await receiver.start()
     yield receiver
@@ -66,9 +80,11 @@ async def http_receiver(
 
 @pytest.fixture
 async def grpc_receiver(
-    recorder: Recorder, counts: IntakeCounts
-) -> AsyncIterator[OtlpGrpcReceiver]:
-    receiver = OtlpGrpcReceiver("127.0.0.1:0", recorder, counts, max_request_bytes=LIMIT)
+    recorder: Recorder, counts: IntakeCounts, decoders: Decoders[Any]
+) -> AsyncIterator[OtlpGrpcReceiver[Any]]:
+    receiver = OtlpGrpcReceiver(
+        "127.0.0.1:0", recorder, counts, max_request_bytes=LIMIT, decoders=decoders
+    )
     await receiver.start()
     yield receiver
     await receiver.stop()
@@ -235,6 +251,7 @@ HTTP_TABLE: list[tuple[str, bytes, dict[str, str], int, str]] = [
 ]
 
 
+@BOTH_DECODERS
 @pytest.mark.parametrize(
     ("case", "body", "headers", "status", "reason"), HTTP_TABLE, ids=[row[0] for row in HTTP_TABLE]
 )
@@ -243,6 +260,7 @@ async def test_otlp_http_bad_input_gets_the_spec_answer_and_a_count(
     recorder: Recorder,
     counts: IntakeCounts,
     http: aiohttp.ClientSession,
+    decoders: Decoders[Any],
     case: str,
     body: bytes,
     headers: dict[str, str],
@@ -263,7 +281,9 @@ async def test_otlp_http_bad_input_gets_the_spec_answer_and_a_count(
         assert partial.rejected_spans == 1
         assert "trace_id must be 16 bytes" in partial.error_message
         assert counts.spans_refused[("otlp_http", "invalid_id")] == 1
-        assert [span.name for _, span in recorder.spans()] == ["fine"]
+        assert recorder.span_count() == 1
+        if decoders is MESSAGES:
+            assert [span.name for _, span in recorder.spans()] == ["fine"]
     else:
         assert not ExportTraceServiceResponse.FromString(payload).HasField("partial_success")
         assert recorder.batches == []
@@ -275,6 +295,7 @@ async def test_otlp_http_bad_input_gets_the_spec_answer_and_a_count(
     assert counts.spans_accepted["otlp_http"] == 2 + (1 if reason == "invalid_id" else 0)
 
 
+@BOTH_DECODERS
 async def test_gzip_body_within_the_limit_is_inflated(
     http_receiver: HttpSpanReceiver, recorder: Recorder, http: aiohttp.ClientSession
 ) -> None:
@@ -286,7 +307,7 @@ async def test_gzip_body_within_the_limit_is_inflated(
         headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
     ) as answer:
         assert answer.status == 200
-    assert len(recorder.spans()) == 5
+    assert recorder.span_count() == 5
 
 
 async def grpc_call(port: int, body: bytes, compression: grpc.Compression | None = None) -> Any:
@@ -309,6 +330,7 @@ GRPC_TABLE: list[tuple[str, bytes, grpc.Compression | None, grpc.StatusCode | No
 ]
 
 
+@BOTH_DECODERS
 @pytest.mark.parametrize(
     ("case", "body", "compression", "code"), GRPC_TABLE, ids=[row[0] for row in GRPC_TABLE]
 )
@@ -332,13 +354,17 @@ async def test_otlp_grpc_bad_input_gets_the_spec_answer(
             assert counts.requests_refused[("otlp_grpc", "bad_payload")] == 1
     else:
         answer = ExportTraceServiceResponse.FromString(await grpc_call(grpc_receiver.port, body))
-        assert answer.partial_success.rejected_spans == (
-            1 if case == "invalid trace id length" else 0
-        )
+        if case == "invalid trace id length":
+            assert answer.partial_success.rejected_spans == 1
+            assert "trace_id must be 16 bytes" in answer.partial_success.error_message
+            assert recorder.span_count() == 1
+        else:
+            assert not answer.HasField("partial_success")
     answer = await grpc_call(grpc_receiver.port, valid_request(2).SerializeToString())
     assert not ExportTraceServiceResponse.FromString(answer).HasField("partial_success")
 
 
+@BOTH_DECODERS
 @pytest.mark.parametrize(
     ("admission", "status", "code"),
     [

@@ -49,12 +49,12 @@ def test_cut_from_bytes_equals_the_message_way() -> None:
     including a resource changed after decoding (pod identity)."""
     ring = HashRing(REPLICAS)
     body = request()
-    batch = check_ids(ExportTraceServiceRequest.FromString(body).resource_spans, body)
-    assert isinstance(batch.resource_spans, EncodedBatch)
+    batch = check_ids(ExportTraceServiceRequest.FromString(body).resource_spans, body).batch
+    assert isinstance(batch, EncodedBatch)
     pod = KeyValue(key="k8s.pod.name", value=AnyValue(string_value="web-1"))
-    batch.resource_spans[0].resource.attributes.append(pod)
-    from_bytes = decoded(route_encoded(batch.resource_spans, ring))
-    from_messages = decoded(route_messages(batch.resource_spans, ring))
+    batch[0].resource.attributes.append(pod)
+    from_bytes = decoded(route_encoded(batch, ring))
+    from_messages = decoded(route_messages(batch, ring))
     assert from_bytes == from_messages
     assert sum(spans for _, spans in from_bytes.values()) == 83
 
@@ -82,4 +82,4 @@ def test_rejected_spans_leave_a_plain_batch() -> None:
     body = message.SerializeToString()
     checked = check_ids(ExportTraceServiceRequest.FromString(body).resource_spans, body)
     assert checked.rejected == 1
-    assert not isinstance(checked.resource_spans, EncodedBatch)
+    assert not isinstance(checked.batch, EncodedBatch)

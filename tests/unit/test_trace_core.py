@@ -8,8 +8,9 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
 from observer.collector._core import TraceCore, operations_of, pack_record, unpack_record
-from observer.collector.pipeline import request_bytes, trace_core
+from observer.collector.pipeline import decode_request, request_bytes, trace_core
 from observer.config import CollectorConfig, parse
+from observer.protocols.otlp import PayloadError, decode_checked_protobuf
 from tests.unit.collector_spans import MS, T0, otlp_span, resource_spans
 
 IDLE = 5.0
@@ -180,6 +181,46 @@ def test_bytes_that_are_not_a_request_raise_and_the_core_goes_on() -> None:
     assert subject.live_spans == 0
     subject.add(call(1), 0.0)
     assert subject.live_spans == 2
+
+
+BAD_IDS = [
+    ("short trace id", bytes(8), b"\x01" * 8, b""),
+    ("zero trace id", bytes(16), b"\x01" * 8, b""),
+    ("long span id", trace_id(1), b"\x01" * 9, b""),
+    ("zero span id", trace_id(1), bytes(8), b""),
+    ("short parent id", trace_id(1), b"\x01" * 8, b"\x02" * 4),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "bad_trace_id", "span_id", "parent_id"), BAD_IDS, ids=[row[0] for row in BAD_IDS]
+)
+def test_the_core_decodes_and_checks_ids_as_the_receivers_python_decoder_does(
+    case: str, bad_trace_id: bytes, span_id: bytes, parent_id: bytes
+) -> None:
+    """The collector's receivers decode OTLP protobuf with the core: the sender must get
+    the same partial_success (count and message) as from the agent's receivers."""
+    fine = otlp_span(trace_id(2), b"\x03" * 8, name="fine")
+    bad = otlp_span(bad_trace_id, span_id, parent_id)
+    body = request_bytes([resource_spans("web", [bad, fine]), resource_spans("app", [bad])])
+    by_core = decode_request(body)
+    by_python = decode_checked_protobuf(body)
+    assert (by_core.spans, by_core.rejected, by_core.reason) == (
+        by_python.spans,
+        by_python.rejected,
+        by_python.reason,
+    )
+    assert (by_core.spans, by_core.rejected) == (1, 2)
+    subject = core()
+    assert subject.add_decoded(by_core.batch, 0.0) == []
+    assert subject.live_spans == 1
+    with pytest.raises(ValueError, match="already"):
+        subject.add_decoded(by_core.batch, 0.0)
+
+
+def test_bytes_that_are_not_a_request_are_a_payload_error_for_the_receiver() -> None:
+    with pytest.raises(PayloadError, match="not a protobuf ExportTraceServiceRequest"):
+        decode_request(b"\x0a\xff\xff\xff")
 
 
 def test_past_max_live_traces_the_oldest_is_emitted_early_and_reported() -> None:

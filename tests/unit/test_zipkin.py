@@ -125,7 +125,7 @@ def test_envoy_pair_keeps_the_shared_span_id_on_both_halves(decode: Any) -> None
     """An Envoy client/server pair keeps one span id, one parent and one 128-bit trace id,
     with only the SERVER half marked shared, so the collector can pair them."""
     checked = decode(envoy_pair())
-    by_service = spans_by_service(checked.resource_spans)
+    by_service = spans_by_service(checked.batch)
     [client] = by_service["frontend.shop"]
     [server] = by_service["checkout.shop"]
     for span in (client, server):
@@ -144,7 +144,7 @@ def test_client_span_fields_map_as_the_contrib_receiver_maps_them(decode: Any) -
     """Times become nanoseconds, tags attributes, the remote endpoint peer attributes, the
     `error` tag an ERROR status and annotations events."""
     checked = decode(envoy_pair())
-    [client] = spans_by_service(checked.resource_spans)["frontend.shop"]
+    [client] = spans_by_service(checked.batch)["frontend.shop"]
     assert client.name == "checkout.shop.svc.cluster.local:8080/*"
     assert client.start_time_unix_nano == 1_700_000_000_000_100_000
     assert client.end_time_unix_nano == 1_700_000_000_002_600_000
@@ -169,7 +169,7 @@ def test_client_span_fields_map_as_the_contrib_receiver_maps_them(decode: Any) -
 def test_64_bit_trace_id_is_left_padded_and_marked_64(decode: Any) -> None:
     """A 64-bit B3 trace id becomes 16 bytes with eight leading zeros, marked 64 bits."""
     checked = decode(envoy_pair(TRACE_64)[:1])
-    [[span]] = spans_by_service(checked.resource_spans).values()
+    [[span]] = spans_by_service(checked.batch).values()
     assert span.trace_id == bytes(8) + bytes.fromhex(TRACE_64)
     assert attributes(span)[ZIPKIN_TRACE_ID_BITS] == 64
 
@@ -177,14 +177,14 @@ def test_64_bit_trace_id_is_left_padded_and_marked_64(decode: Any) -> None:
 def test_128_bit_id_with_zero_high_half_is_told_apart_from_a_64_bit_one() -> None:
     """A 32-character trace id whose high half is zero keeps the mark 128."""
     checked = zipkin.decode_json(orjson.dumps(envoy_pair("0" * 16 + TRACE_64)[:1]))
-    [[span]] = spans_by_service(checked.resource_spans).values()
+    [[span]] = spans_by_service(checked.batch).values()
     assert attributes(span)[ZIPKIN_TRACE_ID_BITS] == 128
 
 
 def test_logs_and_zipkin_spans_print_a_64_bit_trace_id_the_same_way() -> None:
     """The hex form of a converted 64-bit trace id is what a log line's `trace.id` holds."""
     checked = zipkin.decode_json(orjson.dumps(envoy_pair(TRACE_64)[:1]))
-    [[span]] = spans_by_service(checked.resource_spans).values()
+    [[span]] = spans_by_service(checked.batch).values()
     document: dict[str, Any] = {"log": {}}
     parse_json_body(document, orjson.dumps({"msg": "paid", "traceId": TRACE_64.upper()}).decode())
     assert hex_id(span.trace_id) == document["trace"]["id"]
@@ -230,7 +230,7 @@ def test_kind_absent_is_unspecified_unless_the_span_kind_tag_says_internal() -> 
     del plain["kind"], tagged["kind"]
     tagged["tags"] = {"span.kind": "internal"}
     checked = zipkin.decode_json(orjson.dumps([plain, tagged]))
-    by_service = spans_by_service(checked.resource_spans)
+    by_service = spans_by_service(checked.batch)
     [untagged_span] = by_service["frontend.shop"]
     [tagged_span] = by_service["checkout.shop"]
     assert untagged_span.kind == Span.SPAN_KIND_UNSPECIFIED
@@ -243,7 +243,7 @@ def test_error_tag_with_a_message_becomes_the_status_message() -> None:
     span = envoy_pair()[0]
     span["tags"] = {"error": "connection reset"}
     checked = zipkin.decode_json(orjson.dumps([span]))
-    [[converted]] = spans_by_service(checked.resource_spans).values()
+    [[converted]] = spans_by_service(checked.batch).values()
     assert converted.status.code == Status.STATUS_CODE_ERROR
     assert converted.status.message == "connection reset"
     assert "error" not in attributes(converted)
@@ -254,7 +254,7 @@ def test_root_span_whose_parent_is_itself_gets_no_parent() -> None:
     span = envoy_pair()[0]
     span["parentId"] = span["id"]
     checked = zipkin.decode_json(orjson.dumps([span]))
-    [[converted]] = spans_by_service(checked.resource_spans).values()
+    [[converted]] = spans_by_service(checked.batch).values()
     assert converted.parent_span_id == b""
 
 
@@ -263,8 +263,8 @@ def test_spans_of_one_service_share_one_resource() -> None:
     client, server = envoy_pair()
     second_client = {**client, "id": "1111111111111111"}
     checked = zipkin.decode_json(orjson.dumps([client, server, second_client]))
-    assert sorted(resource_service(r) for r in checked.resource_spans) == [
+    assert sorted(resource_service(r) for r in checked.batch) == [
         "checkout.shop",
         "frontend.shop",
     ]
-    assert len(spans_by_service(checked.resource_spans)["frontend.shop"]) == 2
+    assert len(spans_by_service(checked.batch)["frontend.shop"]) == 2

@@ -58,7 +58,9 @@ class SpanPipeline:
             self.exporter.set_endpoints,
             lookup,
         )
-        self.receivers: list[OtlpGrpcReceiver | HttpSpanReceiver] = []
+        self.receivers: list[
+            OtlpGrpcReceiver[list[ResourceSpans]] | HttpSpanReceiver[list[ResourceSpans]]
+        ] = []
         limit = sources.max_concurrent_requests
         if sources.otlp_grpc.enabled:
             self.receivers.append(
