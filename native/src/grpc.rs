@@ -227,7 +227,8 @@ impl Exporter {
         let _active = Active(&self.active);
         if before >= self.max_concurrent_requests {
             let message = "too many requests at once; retry later";
-            self.stats.refuse("too_many_requests", None, message, Some(peer));
+            self.stats
+                .refuse("too_many_requests", None, message, Some(peer));
             return status_response(Code::Unavailable, message, true);
         }
         let encoding = request
@@ -236,16 +237,16 @@ impl Exporter {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("identity")
             .to_owned();
-        let message = match read_message(request.into_body(), &encoding, self.max_request_bytes).await
-        {
-            Ok(message) => message,
-            Err((code, detail)) => {
-                if code == Code::ResourceExhausted {
-                    self.stats.refuse("too_large", None, &detail, Some(peer));
+        let message =
+            match read_message(request.into_body(), &encoding, self.max_request_bytes).await {
+                Ok(message) => message,
+                Err((code, detail)) => {
+                    if code == Code::ResourceExhausted {
+                        self.stats.refuse("too_large", None, &detail, Some(peer));
+                    }
+                    return status_response(code, &detail, false);
                 }
-                return status_response(code, &detail, false);
-            }
-        };
+            };
         self.export(&message, peer)
     }
 
@@ -268,7 +269,9 @@ impl Exporter {
         if spans > 0 {
             match self.queue.push(decoded.spans) {
                 Admission::Accepted => {
-                    self.stats.accepted_spans.fetch_add(spans, Ordering::Relaxed);
+                    self.stats
+                        .accepted_spans
+                        .fetch_add(spans, Ordering::Relaxed);
                 }
                 Admission::Full => {
                     self.stats.refuse("queue_full", Some(spans), "", Some(peer));
@@ -276,7 +279,8 @@ impl Exporter {
                     return status_response(Code::ResourceExhausted, message, true);
                 }
                 Admission::Closed => {
-                    self.stats.refuse("unavailable", Some(spans), "", Some(peer));
+                    self.stats
+                        .refuse("unavailable", Some(spans), "", Some(peer));
                     let message = "no collector to send spans to now; retry later";
                     return status_response(Code::Unavailable, message, true);
                 }
@@ -307,7 +311,8 @@ async fn read_message(
     };
     let mut framed = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| (Code::Internal, format!("reading the request: {error}")))?;
+        let frame =
+            frame.map_err(|error| (Code::Internal, format!("reading the request: {error}")))?;
         if let Ok(data) = frame.into_data() {
             if framed.len() + data.len() > limit + 5 {
                 return Err(too_large());
@@ -391,7 +396,10 @@ fn grpc_response(body: GrpcBody) -> Response<GrpcBody> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip,deflate"));
+    headers.insert(
+        "grpc-accept-encoding",
+        HeaderValue::from_static("gzip,deflate"),
+    );
     response
 }
 
