@@ -241,9 +241,12 @@ impl Exporter {
             match read_message(request.into_body(), &encoding, self.max_request_bytes).await {
                 Ok(message) => message,
                 Err((code, detail)) => {
-                    if code == Code::ResourceExhausted {
-                        self.stats.refuse("too_large", None, &detail, Some(peer));
-                    }
+                    let reason = match code {
+                        Code::ResourceExhausted => "too_large",
+                        Code::Unimplemented => "unsupported_media_type",
+                        _ => "bad_payload",
+                    };
+                    self.stats.refuse(reason, None, &detail, Some(peer));
                     return status_response(code, &detail, false);
                 }
             };
