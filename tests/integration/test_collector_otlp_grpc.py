@@ -18,10 +18,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from observer.collector._core import unpack_record
+from observer.collector.app import build_receivers
 from observer.collector.otlp_grpc import NativeOtlpGrpcReceiver
-from observer.collector.pipeline import TracePipeline
+from observer.collector.pipeline import SpanBatch, TracePipeline
 from observer.config import CollectorConfig, parse
-from observer.receivers import IntakeCounts
+from observer.receivers import Admission, IntakeCounts
+from observer.receivers.http import HttpSpanReceiver
+from observer.receivers.otlp_grpc import OtlpGrpcReceiver
 from tests.integration.span_support import sdk_spans
 from tests.integration.test_span_receivers import (
     EXPORT,
@@ -198,3 +201,20 @@ async def test_another_method_is_unimplemented(receiver: NativeOtlpGrpcReceiver)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await other(b"")
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_otlp_grpc_is_served_natively_unless_tls_is_asked_for(
+    pipeline: TracePipeline, counts: IntakeCounts
+) -> None:
+    """TLS is served by the shared receiver (with the core's decoders) until the native
+    server serves it."""
+
+    async def consume(batch: SpanBatch, spans: int, peer: str | None) -> Admission:
+        return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
+
+    plain = "otlp_grpc: {listen: '127.0.0.1:0'}"
+    tls = "otlp_grpc: {listen: '127.0.0.1:0', tls: {cert_file: a.crt, key_file: a.key}}"
+    for receivers, kind in ((plain, NativeOtlpGrpcReceiver), (tls, OtlpGrpcReceiver)):
+        config = parse(CollectorConfig, f"receivers: {{{receivers}}}", env={})
+        built = build_receivers(config.receivers, pipeline, consume, counts)
+        assert [type(receiver) for receiver in built] == [kind, HttpSpanReceiver]
