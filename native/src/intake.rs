@@ -29,6 +29,8 @@ struct Queue {
     batches: VecDeque<Vec<Span>>,
     queued_spans: usize,
     closed: bool,
+    /// Spans refused since the start, full or closed.
+    refused_spans: u64,
 }
 
 pub struct IntakeQueue {
@@ -46,6 +48,7 @@ impl IntakeQueue {
                 batches: VecDeque::new(),
                 queued_spans: 0,
                 closed: false,
+                refused_spans: 0,
             }),
             max_spans,
             wake,
@@ -57,9 +60,11 @@ impl IntakeQueue {
         let was_empty = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             if queue.closed {
+                queue.refused_spans += count as u64;
                 return Admission::Closed;
             }
             if queue.queued_spans > 0 && queue.queued_spans + count > self.max_spans {
+                queue.refused_spans += count as u64;
                 return Admission::Full;
             }
             queue.queued_spans += count;
@@ -86,6 +91,13 @@ impl IntakeQueue {
     /// Take nothing more; what is queued can still be popped.
     pub fn close(&self) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+    }
+
+    pub fn refused_spans(&self) -> u64 {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused_spans
     }
 
     pub fn queued_spans(&self) -> usize {
@@ -130,6 +142,7 @@ mod tests {
         assert_eq!(queue.queued_spans(), 3);
         queue.close();
         assert_eq!(queue.push(spans(1)), Admission::Closed);
+        assert_eq!(queue.refused_spans(), 3);
         assert_eq!(queue.pop().map(|s| s.len()), Some(2));
         assert_eq!(queue.pop().map(|s| s.len()), Some(1));
         assert!(queue.pop().is_none());

@@ -202,6 +202,12 @@ impl PyIntakeQueue {
     fn queued_spans(&self) -> usize {
         self.queue.queued_spans()
     }
+
+    /// Spans refused since the start (the queue full, or closed).
+    #[getter]
+    fn refused_spans(&self) -> u64 {
+        self.queue.refused_spans()
+    }
 }
 
 /// The native OTLP/gRPC server (native/src/grpc.rs), pushing into an `IntakeQueue`.

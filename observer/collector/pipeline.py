@@ -151,7 +151,7 @@ class TracePipeline:
         self.max_queued_spans = config.assembly.max_queued_spans
         self._clock = clock
         self._write = write
-        # The queue is the core's, so that the native OTLP/gRPC server (intake.py) pushes
+        # The queue is the core's, so that the native OTLP/gRPC server (otlp_grpc.py) pushes
         # into it from its own thread; a push into an empty queue writes to `_woken`.
         self._woken, wake = socket.socketpair()
         with wake:
@@ -178,10 +178,8 @@ class TracePipeline:
         decoded = batch if isinstance(batch, DecodedSpans) else self._decoded(batch, span_count)
         if decoded is None:
             return True
-        if self._closing or self.queue.push(decoded) != "accepted":
-            self.counts.spans_refused += decoded.span_count
-            return False
-        return True
+        # The queue counts what it refuses (full, or closed by `stop`).
+        return self.queue.push(decoded) == "accepted"
 
     def _decoded(self, batch: list[ResourceSpans], span_count: int | None) -> DecodedSpans | None:
         """OTLP messages decoded by the core; None when they do not decode (a bug: the
@@ -322,7 +320,6 @@ class PipelineCounts:
     """What the Python side counts; the core counts assembly, verdicts and sampling."""
 
     def __init__(self) -> None:
-        self.spans_refused = 0
         self.spans_rejected: Counter[str] = Counter()
         self.traces_stored = 0
         self.traces_not_stored = 0
@@ -367,7 +364,7 @@ class PipelineMetrics(Collector):
             {
                 "assembled": assembly["spans_in"] - assembly["duplicate_spans"],
                 "duplicate": assembly["duplicate_spans"],
-                "refused_queue_full": counts.spans_refused,
+                "refused_queue_full": pipeline.queue.refused_spans,
                 **{f"rejected_{reason}": n for reason, n in counts.spans_rejected.items()},
             },
         )
