@@ -7,7 +7,7 @@ Measured, side by side and interleaved (observer, otelcol, observer, otelcol…)
 same load:
 
 - observer: the collector's trace path, stood up by this script's `serve` command as
-  `observer/collector/app.py` wires it, without the query API: the shared OTLP/gRPC receiver →
+  `observer/collector/app.py` wires it, without the query API: the native OTLP/gRPC receiver →
   `TracePipeline` (intake, assembly, reconstruction, service graph and RED, sampling) →
   the embedded SQLite store, /metrics served, the garbage collector tuned as `observer`
   tunes it. Sampling keeps every trace, so every span is stored.
@@ -266,11 +266,11 @@ async def serve_observer(config_path: Path, otlp_listen: str) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from observer.collector.pipeline import DECODERS, TracePipeline
+    from observer.collector.otlp_grpc import NativeOtlpGrpcReceiver
+    from observer.collector.pipeline import TracePipeline
     from observer.collector.store import open_store
     from observer.config import load_collector
-    from observer.receivers import Admission, IntakeCounts
-    from observer.receivers.otlp_grpc import OtlpGrpcReceiver
+    from observer.receivers import IntakeCounts
     from observer.telemetry import TelemetryServer, configure_logging
 
     config = load_collector(config_path)
@@ -284,10 +284,7 @@ async def serve_observer(config_path: Path, otlp_listen: str) -> None:
     store = await open_store(config.storage, registry)
     pipeline = TracePipeline(config, store.write, registry=registry)
 
-    async def consume(batch: Any, spans: int, peer: str | None) -> Admission:
-        return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
-
-    receiver = OtlpGrpcReceiver(otlp_listen, consume, IntakeCounts(), decoders=DECODERS)
+    receiver = NativeOtlpGrpcReceiver(otlp_listen, pipeline, IntakeCounts())
     telemetry = TelemetryServer(registry, config.telemetry.listen)
     await telemetry.start()
     await pipeline.start()

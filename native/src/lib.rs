@@ -7,6 +7,8 @@ pub mod core;
 pub mod decode;
 pub mod encode;
 pub mod graph;
+pub mod grpc;
+pub mod intake;
 pub mod model;
 pub mod otlp;
 #[cfg(feature = "python")]

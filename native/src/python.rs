@@ -6,9 +6,18 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyOSError;
+
 use crate::core::{EncodedTrace, Settings, TraceCore};
 use crate::decode::decode_request;
 use crate::graph::HistogramSnapshot;
+use crate::grpc;
+use crate::intake::{Admission, IntakeQueue};
 use crate::model::Span;
 
 /// Spans refused at decoding, by reason ("invalid_span_id", …).
@@ -149,6 +158,112 @@ fn decode_spans(py: Python<'_>, request: &[u8]) -> PyResult<PyDecodedSpans> {
     })
 }
 
+/// The bounded queue of decoded requests between the receivers and the core
+/// (native/src/intake.rs). `wake_fd`: a socket the queue writes a byte to when it stops
+/// being empty (it keeps a duplicate; non-blocking).
+#[pyclass(module = "observer.collector._core", name = "IntakeQueue", frozen)]
+pub struct PyIntakeQueue {
+    queue: Arc<IntakeQueue>,
+}
+
+#[pymethods]
+impl PyIntakeQueue {
+    #[new]
+    fn new(max_spans: usize, wake_fd: i32) -> PyResult<Self> {
+        // SAFETY: the caller's descriptor is open for the call; the queue keeps a duplicate.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(wake_fd) };
+        let wake = UnixStream::from(borrowed.try_clone_to_owned()?);
+        wake.set_nonblocking(true)?;
+        Ok(PyIntakeQueue {
+            queue: Arc::new(IntakeQueue::new(max_spans, Some(wake))),
+        })
+    }
+
+    /// Queue the spans (taken from `decoded`): "accepted", "full" or "closed".
+    fn push(&self, decoded: &Bound<'_, PyDecodedSpans>) -> PyResult<&'static str> {
+        let spans = decoded
+            .borrow_mut()
+            .spans
+            .take()
+            .ok_or_else(|| PyValueError::new_err("these spans were queued or added already"))?;
+        Ok(match self.queue.push(spans) {
+            Admission::Accepted => "accepted",
+            Admission::Full => "full",
+            Admission::Closed => "closed",
+        })
+    }
+
+    /// Take nothing more; what is queued stays for the core.
+    fn close(&self) {
+        self.queue.close();
+    }
+
+    #[getter]
+    fn queued_spans(&self) -> usize {
+        self.queue.queued_spans()
+    }
+
+    /// Spans refused since the start (the queue full, or closed).
+    #[getter]
+    fn refused_spans(&self) -> u64 {
+        self.queue.refused_spans()
+    }
+}
+
+/// The native OTLP/gRPC server (native/src/grpc.rs), pushing into an `IntakeQueue`.
+#[pyclass(module = "observer.collector._core", name = "OtlpGrpcServer")]
+pub struct PyOtlpGrpcServer {
+    server: grpc::Server,
+}
+
+#[pymethods]
+impl PyOtlpGrpcServer {
+    /// Listen on `listen` (host:port) and serve on a thread of its own; OSError when the
+    /// address cannot be bound.
+    #[new]
+    fn new(
+        listen: &str,
+        max_request_bytes: usize,
+        max_concurrent_requests: usize,
+        queue: &PyIntakeQueue,
+    ) -> PyResult<Self> {
+        let server = grpc::Server::start(
+            listen,
+            max_request_bytes,
+            max_concurrent_requests,
+            Arc::clone(&queue.queue),
+        )
+        .map_err(|error| PyOSError::new_err(format!("cannot listen on {listen}: {error}")))?;
+        Ok(PyOtlpGrpcServer { server })
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// Spans accepted since the last call.
+    fn take_accepted(&self) -> u64 {
+        self.server.stats.take_accepted()
+    }
+
+    /// Refusals since the last call: (reason, spans or None, detail, peer or None).
+    fn take_refusals(&self) -> Vec<(&'static str, Option<u64>, String, Option<String>)> {
+        self.server
+            .stats
+            .take_refusals()
+            .into_iter()
+            .map(|r| (r.reason, r.spans, r.detail, r.peer))
+            .collect()
+    }
+
+    /// Stop taking calls; calls in progress get `grace` seconds. Blocks until stopped.
+    fn stop(&mut self, py: Python<'_>, grace: f64) {
+        let server = &mut self.server;
+        py.allow_threads(|| server.stop(Duration::from_secs_f64(grace.max(0.0))));
+    }
+}
+
 /// Every (service, operation, kind) of these traces once, with the latest start of a
 /// trace it is in, sorted: the rows of the embedded store's operation list, made without a
 /// Python object per span name.
@@ -261,6 +376,30 @@ impl PyTraceCore {
         let core = &mut self.core;
         let traces = py.allow_threads(|| core.add_spans(spans, now));
         to_list(py, traces)
+    }
+
+    /// Take up to `limit` queued requests: how many were taken (0 when the queue was
+    /// empty), and the kept traces the assembly bounds forced out.
+    fn add_queued(
+        &mut self,
+        py: Python<'_>,
+        queue: &PyIntakeQueue,
+        now: f64,
+        limit: usize,
+    ) -> PyResult<(usize, Vec<Py<PyEncodedTrace>>)> {
+        let core = &mut self.core;
+        let intake = &queue.queue;
+        let (taken, traces) = py.allow_threads(|| {
+            let mut traces = Vec::new();
+            let mut taken = 0;
+            while taken < limit {
+                let Some(spans) = intake.pop() else { break };
+                taken += 1;
+                traces.extend(core.add_spans(spans, now));
+            }
+            (taken, traces)
+        });
+        Ok((taken, to_list(py, traces)?))
     }
 
     /// Up to `limit` traces due now, processed: how many (fewer than `limit` when none
@@ -389,6 +528,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyTraceCore>()?;
     module.add_class::<PyEncodedTrace>()?;
     module.add_class::<PyDecodedSpans>()?;
+    module.add_class::<PyIntakeQueue>()?;
+    module.add_class::<PyOtlpGrpcServer>()?;
     module.add_function(wrap_pyfunction!(decode_spans, module)?)?;
     module.add_function(wrap_pyfunction!(pack_record, module)?)?;
     module.add_function(wrap_pyfunction!(unpack_record, module)?)?;

@@ -35,6 +35,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from observer.collector.otlp_grpc import NativeOtlpGrpcReceiver
 from observer.collector.pipeline import DECODERS, SpanBatch, TracePipeline
 from observer.collector.query import QueryServer
 from observer.collector.store import TraceStore, keep_retention, open_store
@@ -56,23 +57,33 @@ class CollectorError(Exception):
     trace pipeline failed); already logged, the message says why."""
 
 
-Receiver = OtlpGrpcReceiver[SpanBatch] | HttpSpanReceiver[SpanBatch]
+Receiver = NativeOtlpGrpcReceiver | OtlpGrpcReceiver[SpanBatch] | HttpSpanReceiver[SpanBatch]
 
 
 def build_receivers(
-    settings: CollectorReceivers, consume: SpanConsumer[SpanBatch], counts: IntakeCounts
+    settings: CollectorReceivers,
+    pipeline: TracePipeline,
+    consume: SpanConsumer[SpanBatch],
+    counts: IntakeCounts,
 ) -> list[Receiver]:
+    """The receivers `settings` ask for: OTLP/gRPC served natively (the shared receiver
+    when it serves TLS), OTLP/HTTP by the shared receiver with the core's decoders."""
     receivers: list[Receiver] = []
     limit = settings.max_concurrent_requests
-    if settings.otlp_grpc.enabled:
+    grpc = settings.otlp_grpc
+    if grpc.enabled and grpc.tls is None:
+        receivers.append(
+            NativeOtlpGrpcReceiver(grpc.listen, pipeline, counts, grpc.max_request_bytes, limit)
+        )
+    elif grpc.enabled:
         receivers.append(
             OtlpGrpcReceiver(
-                settings.otlp_grpc.listen,
+                grpc.listen,
                 consume,
                 counts,
-                settings.otlp_grpc.max_request_bytes,
+                grpc.max_request_bytes,
                 limit,
-                tls=settings.otlp_grpc.tls,
+                tls=grpc.tls,
                 decoders=DECODERS,
             )
         )
@@ -125,7 +136,7 @@ async def run(
             return Admission.UNAVAILABLE
         return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
 
-    receivers = build_receivers(config.receivers, consume, intake)
+    receivers = build_receivers(config.receivers, pipeline, consume, intake)
     query = QueryServer(store, config.query.listen, registry)
     telemetry = TelemetryServer(registry, config.telemetry.listen)
     if config.storage.elasticsearch is not None:
@@ -231,6 +242,6 @@ def _elasticsearch_reachable(store: TraceStore) -> ReadinessCheck:
 
 
 def _address(receiver: Receiver) -> str:
-    if isinstance(receiver, OtlpGrpcReceiver):
+    if isinstance(receiver, NativeOtlpGrpcReceiver | OtlpGrpcReceiver):
         return f"otlp_grpc {receiver.listen.rpartition(':')[0]}:{receiver.port}"
     return f"otlp_http {receiver.host}:{receiver.port}"

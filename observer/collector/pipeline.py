@@ -1,30 +1,34 @@
 """The collector's trace path: receivers → bounded queue → the trace core → a TraceStore.
 
 ```
- receivers: decode ─ accept(batch) ─► bounded queue ─► worker task:
- (DECODERS: the core     (False when full:  (spans)    TraceCore.add_decoded       native/src
-  decodes OTLP protobuf)  answer retryably)              assemble                  assemble.rs
-                                                TraceCore.expire (when quiet)
-                                                  reconstruct → graph, RED      reconstruct.rs, graph.rs
-                                                  → sample → encode             sample.rs, encode.rs
-                                                await write(kept)               a TraceStore
+ native OTLP/gRPC (otlp_grpc.py) ─ push ──┐
+ shared receivers: decode ─ accept(batch) ─┴► queue ─► worker task:
+ (DECODERS: the core        (False when full:  (IntakeQueue,  TraceCore.add_queued   native/src
+  decodes OTLP protobuf)     answer retryably)  by spans)       assemble             assemble.rs
+                                                             TraceCore.expire (when quiet)
+                                                               reconstruct → graph   reconstruct.rs, graph.rs
+                                                               → sample → encode     sample.rs, encode.rs
+                                                             await write(kept)       a TraceStore
 ```
 
 The trace core (`observer.collector._core`, built from `native/`) does the per-span work
 in Rust, from decoding (decode.rs) on: Python handles one object per batch and per kept
 trace, never one per span, which is what lets one collector core keep up with many nodes.
-The receivers decode OTLP protobuf with the core (`DECODERS`), so that a request's spans
-are decoded once and invalid ids are answered for exactly; OTLP/JSON and Zipkin arrive as
-OTLP messages and are decoded by the core in the worker. `native/src/core.rs` says
-how its stages chain; this module feeds it, paces it and writes what it keeps.
+The native OTLP/gRPC server decodes and queues on its own thread; the shared receivers
+decode OTLP protobuf with the core (`DECODERS`), so that a request's spans are decoded
+once and invalid ids are answered for exactly; OTLP/JSON and Zipkin arrive as OTLP
+messages and are decoded by the core in `accept`. `native/src/core.rs` says how its
+stages chain; this module feeds it, paces it and writes what it keeps.
 
-`accept` never blocks: the queue is bounded by spans (`assembly.max_queued_spans`) and a
-batch that does not fit is refused, so the receiver answers the protocol's retryable
-"slow down" and the sender keeps the spans. The one worker task owns the core; traces are
-emitted when they go quiet (checked after a batch at most every `CHECK_INTERVAL`, and on
-a timer that wakes an idle worker as often), `WRITE_CHUNK` at a time, and every emitted trace is counted into the service graph
-and RED metrics, sampled or not. A slow store makes the worker wait, the queue fill, and
-receivers push back.
+`accept` never blocks: the queue (the core's, native/src/intake.rs) is bounded by spans
+(`assembly.max_queued_spans`) and a batch that does not fit is refused, so the receiver
+answers the protocol's retryable "slow down" and the sender keeps the spans. A push into
+the empty queue wakes the worker through a socket the event loop watches. The one worker
+task owns the core; it assembles up to `BATCHES_PER_TURN` batches at a time, and traces
+are emitted when they go quiet (looked for at most every `CHECK_INTERVAL` while busy, and
+on a timer as often when idle), `WRITE_CHUNK` at a time; every emitted trace is counted
+into the service graph and RED metrics, sampled or not. A slow store makes the worker
+wait, the queue fill, and receivers push back.
 
 Ownership: `accept` takes the batch (the caller must not touch it after True); the
 traces handed to `write` are the store's to read during the call.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -46,7 +51,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from observer.collector._core import DecodedSpans, EncodedTrace, TraceCore, decode_spans
+from observer.collector._core import (
+    DecodedSpans,
+    EncodedTrace,
+    IntakeQueue,
+    TraceCore,
+    decode_spans,
+)
 from observer.collector.graph import GraphMetrics
 from observer.config import CollectorConfig
 from observer.protocols import otlp, zipkin
@@ -70,8 +81,8 @@ CHECK_INTERVAL = 0.25
 # Traces emitted and written at a time. A burst of traffic goes quiet all at once; in
 # slices, what the store builds for one write stays small and receivers are served between.
 WRITE_CHUNK = 256
-# The worker's queue item that carries no batch: look for traces due now.
-_CHECK_DUE = (None, 0)
+# Queued batches assembled per turn of the worker, between looks for traces due.
+BATCHES_PER_TURN = 16
 
 
 SpanBatch = DecodedSpans | list[ResourceSpans]
@@ -140,8 +151,13 @@ class TracePipeline:
         self.max_queued_spans = config.assembly.max_queued_spans
         self._clock = clock
         self._write = write
-        self._queue: asyncio.Queue[tuple[SpanBatch | None, int]] = asyncio.Queue()
-        self.queued_spans = 0
+        # The queue is the core's, so that the native OTLP/gRPC server (otlp_grpc.py) pushes
+        # into it from its own thread; a push into an empty queue writes to `_woken`.
+        self._woken, wake = socket.socketpair()
+        with wake:
+            self.queue = IntakeQueue(self.max_queued_spans, wake.fileno())
+        self._woken.setblocking(False)
+        self._ready = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.TimerHandle | None = None
@@ -150,27 +166,42 @@ class TracePipeline:
             registry.register(PipelineMetrics(self))
             registry.register(GraphMetrics(self.core))
 
+    @property
+    def queued_spans(self) -> int:
+        return self.queue.queued_spans
+
     # --- the receivers' side ----------------------------------------------------------
 
     def accept(self, batch: SpanBatch, span_count: int | None = None) -> bool:
         """Queue a batch for assembly; False when the queue is full (or closing), and the
         caller should answer retryably. `span_count` saves counting when known."""
-        if span_count is not None:
-            spans = span_count
-        elif isinstance(batch, DecodedSpans):
-            spans = batch.span_count
-        else:
-            spans = count_spans(batch)
-        if self._closing or (
-            self.queued_spans and self.queued_spans + spans > self.max_queued_spans
-        ):
-            # An empty queue takes any batch: one larger than the bound must not be
-            # refused forever.
-            self.counts.spans_refused += spans
-            return False
-        self.queued_spans += spans
-        self._queue.put_nowait((batch, spans))
-        return True
+        decoded = batch if isinstance(batch, DecodedSpans) else self._decoded(batch, span_count)
+        if decoded is None:
+            return True
+        # The queue counts what it refuses (full, or closed by `stop`).
+        return self.queue.push(decoded) == "accepted"
+
+    def _decoded(self, batch: list[ResourceSpans], span_count: int | None) -> DecodedSpans | None:
+        """OTLP messages decoded by the core; None when they do not decode (a bug: the
+        batch is lost, said and counted; a bug must not stop the collector)."""
+        try:
+            # Kept bytes when the messages are unchanged since decoding.
+            request = batch.encoded if isinstance(batch, EncodedBatch) else request_bytes(batch)
+            decoded = decode_spans(request)
+        except Exception:
+            log.exception("A span batch could not be unpacked; its spans are dropped.")
+            spans = count_spans(batch) if span_count is None else span_count
+            self.counts.spans_rejected["unpack_error"] += spans
+            return None
+        if decoded.rejected:
+            # Receivers refuse invalid ids before they get here; this is a caller's batch
+            # that was not checked.
+            self.counts.spans_rejected["invalid_id"] += decoded.rejected
+            log.warning(
+                "Spans with invalid ids were dropped.",
+                extra={"rejected": decoded.rejected, "reason": decoded.reason},
+            )
+        return decoded
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -183,74 +214,63 @@ class TracePipeline:
     async def stop(self) -> None:
         """Refuse new batches, assemble and write everything accepted, then end."""
         self._closing = True
+        self.queue.close()
         if self._worker is not None:
-            self._queue.put_nowait(_CHECK_DUE)  # wakes the worker; it drains and ends
+            self._ready.set()  # wakes the worker; it drains and ends
             await self._worker
             self._worker = None
+        self._woken.close()
 
     async def _run(self) -> None:
-        # An idle worker is woken by a timer's marker in the queue rather than by a timeout
-        # on every get: asyncio.wait_for makes a task and a timer for each batch.
-        self._wake_if_idle(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._woken, self._on_wake)
+        # An idle worker looks for traces due every CHECK_INTERVAL, woken by a timer.
+        self._wake_if_idle(loop)
         next_check = 0.0
         try:
             while True:
-                batch, spans = await self._queue.get()
-                if batch is not None:
-                    await self._process(batch, spans)
-                if self._closing and self._queue.empty():
+                self._ready.clear()
+                taken = await self._process_queued(BATCHES_PER_TURN)
+                if self._closing and not taken:
                     await self.drain()
                     return
                 now = time.monotonic()
-                if now >= next_check or batch is None:
+                if now >= next_check:
                     next_check = now + CHECK_INTERVAL
                     await self.flush_due()
+                if not taken:
+                    await self._ready.wait()
         finally:
+            loop.remove_reader(self._woken)
             if self._wake is not None:
                 self._wake.cancel()
 
+    def _on_wake(self) -> None:
+        try:
+            while self._woken.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._ready.set()
+
     def _wake_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Every CHECK_INTERVAL, wake the worker if nothing else will."""
         self._wake = loop.call_later(CHECK_INTERVAL, self._wake_if_idle, loop)
-        if self._queue.empty():
-            self._queue.put_nowait(_CHECK_DUE)
+        self._ready.set()
 
     # --- the work ---------------------------------------------------------------------
 
     async def process_queued(self) -> None:
         """Assemble every batch queued now, without waiting for more (for tests and tools
         that drive the pipeline without its worker)."""
-        while not self._queue.empty():
-            batch, spans = self._queue.get_nowait()
-            if batch is not None:
-                await self._process(batch, spans)
+        while await self._process_queued(BATCHES_PER_TURN):
+            pass
 
-    async def _process(self, batch: SpanBatch, spans: int) -> None:
-        rejected = 0
-        try:
-            if isinstance(batch, DecodedSpans):
-                # A receiver refused and answered for the invalid spans of this one.
-                decoded = batch
-            else:
-                # Kept bytes when the messages are unchanged since decoding.
-                request = batch.encoded if isinstance(batch, EncodedBatch) else request_bytes(batch)
-                decoded = decode_spans(request)
-                rejected = decoded.rejected
-            forced = self.core.add_decoded(decoded, self._clock())
-        except Exception:
-            # A decoder bug must not stop the collector: the batch is lost, said and counted.
-            log.exception("A span batch could not be unpacked; its spans are dropped.")
-            self.counts.spans_rejected["unpack_error"] += spans
-            return
-        finally:
-            self.queued_spans -= spans
-        if rejected:
-            self.counts.spans_rejected["invalid_id"] += rejected
-            log.warning(
-                "Spans with invalid ids were dropped.",
-                extra={"rejected": rejected, "reason": decoded.reason},
-            )
+    async def _process_queued(self, limit: int) -> int:
+        """Assemble up to `limit` queued batches and write the traces the bounds forced
+        out; how many batches were taken."""
+        taken, forced = self.core.add_queued(self.queue, self._clock(), limit)
         await self._store(forced)
+        return taken
 
     async def flush_due(self) -> None:
         """Emit and write the traces that are due by the clock (what the worker does when
@@ -300,7 +320,6 @@ class PipelineCounts:
     """What the Python side counts; the core counts assembly, verdicts and sampling."""
 
     def __init__(self) -> None:
-        self.spans_refused = 0
         self.spans_rejected: Counter[str] = Counter()
         self.traces_stored = 0
         self.traces_not_stored = 0
@@ -345,7 +364,7 @@ class PipelineMetrics(Collector):
             {
                 "assembled": assembly["spans_in"] - assembly["duplicate_spans"],
                 "duplicate": assembly["duplicate_spans"],
-                "refused_queue_full": counts.spans_refused,
+                "refused_queue_full": pipeline.queue.refused_spans,
                 **{f"rejected_{reason}": n for reason, n in counts.spans_rejected.items()},
             },
         )

@@ -17,12 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from observer.collector.model import Completeness, Span, SpanKind, StatusCode, Trace
-from observer.collector.pipeline import DECODERS, SpanBatch, TracePipeline
+from observer.collector.otlp_grpc import NativeOtlpGrpcReceiver
+from observer.collector.pipeline import TracePipeline
 from observer.collector.store import Dependency, TraceQuery
 from observer.collector.store.sqlite import SqliteTraceStore
 from observer.config import CollectorConfig, parse
-from observer.receivers import Admission, IntakeCounts
-from observer.receivers.otlp_grpc import OtlpGrpcReceiver
+from observer.receivers import IntakeCounts
 from tests.services.shop import SERVICES, start_shop
 
 ORDERS = 9
@@ -49,11 +49,8 @@ async def outcome(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Out
     )
     pipeline = TracePipeline(config, store.write, registry=registry)
 
-    async def consume(batch: SpanBatch, spans: int, peer: str | None) -> Admission:
-        return Admission.ACCEPTED if pipeline.accept(batch, spans) else Admission.FULL
-
-    # Decoding as the collector's receivers do: by the trace core.
-    receiver = OtlpGrpcReceiver("127.0.0.1:0", consume, IntakeCounts(), decoders=DECODERS)
+    # The collector's OTLP/gRPC receiver, served by the trace core.
+    receiver = NativeOtlpGrpcReceiver("127.0.0.1:0", pipeline, IntakeCounts())
     await receiver.start()
     await pipeline.start()
     shop = None

@@ -67,7 +67,7 @@ def test_a_batch_that_does_not_fit_the_queue_is_refused_and_counted() -> None:
     assert pipeline.accept(call_batch())
     assert not pipeline.accept(call_batch())
     assert pipeline.queued_spans == 2
-    assert pipeline.counts.spans_refused == 2
+    assert pipeline.queue.refused_spans == 2
 
 
 def test_an_empty_queue_takes_a_batch_larger_than_its_bound() -> None:
