@@ -7,8 +7,9 @@ the protocol's retryable answer.
 
 The default decoders (`MESSAGES`) make OTLP `ResourceSpans` messages, which the agent
 enriches and routes (see `observer.protocols`). The collector decodes OTLP protobuf into
-its trace core's own spans instead (`observer.collector.intake`): a receiver only passes
-batches on, so it is generic in their type.
+its trace core's own spans instead (`observer.collector.pipeline.DECODERS`): a receiver
+only passes batches on, so it is generic in their type. (The collector serves OTLP/gRPC
+without TLS natively, `observer.collector.otlp_grpc`, answering as this table says.)
 
 Answers, per the OTLP specification (opentelemetry-proto `docs/specification.md`) and
 Zipkin's API:
