@@ -171,7 +171,12 @@ async fn serve(
     let grace = loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else {
+                    // Out of descriptors, most likely: let connections close before trying
+                    // again rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 connections.spawn(connection(stream, peer, Arc::clone(&exporter), stopped.clone()));
             }
