@@ -129,8 +129,8 @@ impl PyEncodedTrace {
     }
 }
 
-/// The valid spans of one OTLP request, decoded by `decode_spans`, until a core takes
-/// them (`TraceCore.add_decoded`); with how many were refused for invalid ids and why the
+/// The valid spans of one OTLP request, decoded by `decode_spans`, until they are queued
+/// (`IntakeQueue.push`, once); with how many were refused for invalid ids and why the
 /// first was, for the receiver's answer.
 #[pyclass(module = "observer.collector._core", name = "DecodedSpans")]
 pub struct PyDecodedSpans {
@@ -358,24 +358,6 @@ impl PyTraceCore {
             .allow_threads(|| core.add(request, now))
             .map_err(|error| PyValueError::new_err(error.to_string()))?;
         Ok((added.rejected, to_list(py, added.traces)?))
-    }
-
-    /// Take spans decoded by `decode_spans` (once: ValueError if taken before). Returns
-    /// the kept traces the assembly bounds forced out.
-    fn add_decoded(
-        &mut self,
-        py: Python<'_>,
-        decoded: &Bound<'_, PyDecodedSpans>,
-        now: f64,
-    ) -> PyResult<Vec<Py<PyEncodedTrace>>> {
-        let spans = decoded
-            .borrow_mut()
-            .spans
-            .take()
-            .ok_or_else(|| PyValueError::new_err("these spans were added to a core already"))?;
-        let core = &mut self.core;
-        let traces = py.allow_threads(|| core.add_spans(spans, now));
-        to_list(py, traces)
     }
 
     /// Take up to `limit` queued requests: how many were taken (0 when the queue was

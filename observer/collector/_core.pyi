@@ -31,7 +31,7 @@ class EncodedTrace:
     operations: list[tuple[str, str, str]]
 
 class DecodedSpans:
-    """An OTLP request's valid spans, held by the core until `TraceCore.add_decoded`."""
+    """An OTLP request's valid spans, held by the core until `IntakeQueue.push`."""
 
     span_count: int
     rejected: int
@@ -93,7 +93,6 @@ class TraceCore:
     def add(
         self, request: bytes, now: float
     ) -> tuple[list[tuple[str, int]], list[EncodedTrace]]: ...
-    def add_decoded(self, decoded: DecodedSpans, now: float) -> list[EncodedTrace]: ...
     def add_queued(
         self, queue: IntakeQueue, now: float, limit: int
     ) -> tuple[int, list[EncodedTrace]]: ...

@@ -3,11 +3,19 @@ out, and what it counts. The stages' own cases are Rust tests under native/src."
 
 from __future__ import annotations
 
+import socket
+
 import orjson
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
-from observer.collector._core import TraceCore, operations_of, pack_record, unpack_record
+from observer.collector._core import (
+    IntakeQueue,
+    TraceCore,
+    operations_of,
+    pack_record,
+    unpack_record,
+)
 from observer.collector.pipeline import decode_request, request_bytes, trace_core
 from observer.config import CollectorConfig, parse
 from observer.protocols.otlp import PayloadError, decode_checked_protobuf
@@ -212,10 +220,14 @@ def test_the_core_decodes_and_checks_ids_as_the_receivers_python_decoder_does(
     )
     assert (by_core.spans, by_core.rejected) == (1, 2)
     subject = core()
-    assert subject.add_decoded(by_core.batch, 0.0) == []
+    woken, wake = socket.socketpair()
+    with woken, wake:
+        queue = IntakeQueue(100, wake.fileno())
+        assert queue.push(by_core.batch) == "accepted"
+        with pytest.raises(ValueError, match="already"):
+            queue.push(by_core.batch)
+        assert subject.add_queued(queue, 0.0, 10) == (1, [])
     assert subject.live_spans == 1
-    with pytest.raises(ValueError, match="already"):
-        subject.add_decoded(by_core.batch, 0.0)
 
 
 def test_bytes_that_are_not_a_request_are_a_payload_error_for_the_receiver() -> None:
